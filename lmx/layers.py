@@ -1,0 +1,153 @@
+"""Layers shared by every model family: Dense and Conv with a LoRA hook, bottleneck adapters.
+
+Axis legend: B batch, T length, D model width, I/O in/out features, R LoRA rank or
+adapter bottleneck, H/W image height/width, C channels.
+
+LoRA is one explicit computation, `y = x @ W + (alpha / r) * (x @ A) @ B` with `B = 0`
+at init (so the output at init equals the base bit for bit). A and B live in the
+`peft` collection at the same module path as W.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmx import sharding as ax
+from lmx.peft import NO_PEFT, PEFT, PeftSpec
+
+Dtype = Any
+
+
+def matmul(x_BI: jax.Array, w_IO: jax.Array, dtype: Dtype) -> jax.Array:
+    """`x @ w` with inputs cast to `dtype` and float32 accumulation (the AMX/TensorCore path)."""
+    return jax.lax.dot_general(
+        x_BI.astype(dtype), w_IO.astype(dtype),
+        (((x_BI.ndim - 1,), (0,)), ((), ())),
+        preferred_element_type=jnp.float32)
+
+
+def lora_a_init(key, shape, dtype=jnp.float32):
+    """Kaiming-uniform with a=sqrt(5) over fan_in, as HF PEFT / torch Linear: U(-1/sqrt(I), 1/sqrt(I))."""
+    fan_in = 1
+    for size in shape[:-1]:
+        fan_in *= size
+    bound = 1.0 / jnp.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _peft_variable(module: nn.Module, name: str, init: Callable, shape, axes):
+    """A variable in the `peft` collection, created (with logical axes) only at init."""
+    boxed_init = nn.with_logical_partitioning(init, axes)
+    return module.variable(
+        PEFT, name, lambda: boxed_init(module.make_rng("params"), shape)).value
+
+
+class Dense(nn.Module):
+    """`y = x @ W + b` over the last axis, plus a LoRA update when this module is a target."""
+    features: int
+    axes: tuple[str | None, str | None]
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.normal(0.02)
+    peft: PeftSpec = NO_PEFT
+
+    @nn.compact
+    def __call__(self, x_BI: jax.Array, deterministic: bool = True) -> jax.Array:
+        in_features = x_BI.shape[-1]
+        kernel_IO = self.param(
+            "kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
+            (in_features, self.features))
+        y_BO = matmul(x_BI, kernel_IO, self.dtype)
+        if self.use_bias:
+            bias_O = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
+                (self.features,))
+            y_BO = y_BO + bias_O
+        if self.peft.is_lora_target(self.scope.path):
+            rank = self.peft.lora_rank
+            a_IR = _peft_variable(self, "lora_a", lora_a_init, (in_features, rank),
+                                  (self.axes[0], ax.RANK))
+            b_RO = _peft_variable(self, "lora_b", nn.initializers.zeros, (rank, self.features),
+                                  (ax.RANK, self.axes[1]))
+            x_BI = nn.Dropout(self.peft.lora_dropout)(x_BI, deterministic=deterministic)
+            update_BO = matmul(matmul(x_BI, a_IR, self.dtype), b_RO, self.dtype)
+            y_BO = y_BO + self.peft.lora_scale * update_BO
+        return y_BO
+
+
+class Conv(nn.Module):
+    """2-D convolution (NHWC, no bias), plus a LoRA update (k x k conv to R, then 1x1 to O)."""
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    dtype: Dtype = jnp.float32
+    peft: PeftSpec = NO_PEFT
+
+    def _conv(self, x_BHWC, kernel, strides):
+        pad = [((k - 1) // 2, k // 2) for k in kernel.shape[:2]]
+        return jax.lax.conv_general_dilated(
+            x_BHWC.astype(self.dtype), kernel.astype(self.dtype), strides, pad,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            preferred_element_type=jnp.float32)
+
+    @nn.compact
+    def __call__(self, x_BHWC: jax.Array, deterministic: bool = True) -> jax.Array:
+        in_channels = x_BHWC.shape[-1]
+        shape = (*self.kernel_size, in_channels, self.features)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(
+                nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                (None, None, ax.CONV_IN, ax.CONV_OUT)),
+            shape)
+        y = self._conv(x_BHWC, kernel, self.strides)
+        if self.peft.is_lora_target(self.scope.path):
+            rank = self.peft.lora_rank
+            a = _peft_variable(self, "lora_a", lora_a_init, (*self.kernel_size, in_channels, rank),
+                               (None, None, ax.CONV_IN, ax.RANK))
+            b = _peft_variable(self, "lora_b", nn.initializers.zeros, (1, 1, rank, self.features),
+                               (None, None, ax.RANK, ax.CONV_OUT))
+            x_BHWC = nn.Dropout(self.peft.lora_dropout)(x_BHWC, deterministic=deterministic)
+            update = self._conv(self._conv(x_BHWC, a, self.strides), b, (1, 1))
+            y = y + self.peft.lora_scale * update
+        return y
+
+
+class Bottleneck(nn.Module):
+    """Bottleneck adapter `h + up(act(down(h)))`, `up = 0` at init so it starts as identity.
+
+    Its weights live in the `peft` collection. Works on any trailing feature axis.
+    """
+    size: int
+    feature_axis: str = ax.EMBED
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h_BD: jax.Array) -> jax.Array:
+        width = h_BD.shape[-1]
+        down_DR = _peft_variable(self, "down_kernel", nn.initializers.normal(0.01),
+                                 (width, self.size), (self.feature_axis, ax.RANK))
+        down_bias_R = _peft_variable(self, "down_bias", nn.initializers.zeros,
+                                     (self.size,), (ax.RANK,))
+        up_RD = _peft_variable(self, "up_kernel", nn.initializers.zeros,
+                               (self.size, width), (ax.RANK, self.feature_axis))
+        up_bias_D = _peft_variable(self, "up_bias", nn.initializers.zeros,
+                                   (width,), (self.feature_axis,))
+        z_BR = nn.gelu(matmul(h_BD, down_DR, self.dtype) + down_bias_R, approximate=False)
+        return h_BD + (matmul(z_BR, up_RD, self.dtype) + up_bias_D)
+
+
+def layer_norm(name: str, eps: float, axis_name: str = ax.EMBED) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=eps, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)))
+
+
+def rms_norm(name: str, eps: float, axis_name: str = ax.EMBED) -> nn.RMSNorm:
+    return nn.RMSNorm(
+        epsilon=eps, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)))

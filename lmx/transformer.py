@@ -1,0 +1,327 @@
+"""The Transformer family: BERT-style encoders and GPT/Llama-style decoders from one config.
+
+Axis legend: B batch, T query length, S key length, D model width, N query heads,
+G key/value heads (grouped-query attention), Q = N // G query heads per group,
+K head dim, F mlp hidden, V vocabulary, P prompt tokens, L labels.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmx import sharding as ax
+from lmx.layers import Bottleneck, Dense, layer_norm, matmul, rms_norm
+from lmx.peft import NO_PEFT, PEFT, PeftSpec
+
+TASKS = ("hidden", "mlm", "causal_lm", "sequence_classification", "token_classification")
+POOLINGS = ("cls", "mean", "last")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Architecture of one Transformer; `causal=False` is an encoder, True a decoder."""
+    vocab_size: int
+    embed_dim: int
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    max_len: int
+    causal: bool = False
+    num_kv_heads: int = 0  # 0 means num_heads (no grouping)
+    type_vocab_size: int = 0  # 0: no token-type embeddings
+    positions: str = "learned"  # "learned" | "rope"
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    pre_norm: bool = False  # False: BERT post-LN (with an embedding LayerNorm)
+    norm_eps: float = 1e-12
+    mlp: str = "gelu"  # "gelu" (erf) | "gelu_tanh" | "swiglu"
+    use_bias: bool = True
+    tie_embeddings: bool = True
+    use_pooler: bool = False  # BERT's tanh pooler on [CLS] before a sequence classifier
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    dtype: str = "float32"  # matmul input dtype; accumulation is always float32
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+_BERT = dict(type_vocab_size=2, norm_eps=1e-12, mlp="gelu", max_len=512, vocab_size=30522)
+_LLAMA = dict(causal=True, positions="rope", norm="rmsnorm", pre_norm=True, norm_eps=1e-5,
+              mlp="swiglu", use_bias=False, tie_embeddings=False,
+              dropout_rate=0.0, attention_dropout_rate=0.0)
+SIZES: dict[str, TransformerConfig] = {
+    "minilm-l6": TransformerConfig(embed_dim=384, num_layers=6, num_heads=12, head_dim=32,
+                                   mlp_dim=1536, use_pooler=True, **_BERT),
+    "bert-base": TransformerConfig(embed_dim=768, num_layers=12, num_heads=12, head_dim=64,
+                                   mlp_dim=3072, use_pooler=True, **_BERT),
+    "bert-tiny": TransformerConfig(vocab_size=128, embed_dim=32, num_layers=2, num_heads=4,
+                                   head_dim=8, mlp_dim=64, max_len=64, type_vocab_size=2),
+    "gpt2-small": TransformerConfig(vocab_size=50257, embed_dim=768, num_layers=12, num_heads=12,
+                                    head_dim=64, mlp_dim=3072, max_len=1024, causal=True,
+                                    pre_norm=True, norm_eps=1e-5, mlp="gelu_tanh"),
+    "gpt2-tiny": TransformerConfig(vocab_size=128, embed_dim=32, num_layers=2, num_heads=4,
+                                   head_dim=8, mlp_dim=64, max_len=64, causal=True,
+                                   pre_norm=True, norm_eps=1e-5, mlp="gelu_tanh"),
+    "llama-tiny": TransformerConfig(vocab_size=128, embed_dim=32, num_layers=2, num_heads=4,
+                                    num_kv_heads=2, head_dim=8, mlp_dim=64, max_len=64, **_LLAMA),
+    "llama-1b": TransformerConfig(vocab_size=128256, embed_dim=2048, num_layers=16, num_heads=32,
+                                  num_kv_heads=8, head_dim=64, mlp_dim=8192, max_len=8192,
+                                  rope_theta=500000.0, **{**_LLAMA, "tie_embeddings": True}),
+}
+
+
+def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
+    make = layer_norm if cfg.norm == "layernorm" else rms_norm
+    return make(name, cfg.norm_eps)
+
+
+def rotary(x_BTNK: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding, Llama's rotate-half layout."""
+    half = x_BTNK.shape[-1] // 2
+    inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
+    angles_BTk = positions_BT[..., None].astype(jnp.float32) * inv_freq
+    cos = jnp.cos(angles_BTk)[:, :, None, :]
+    sin = jnp.sin(angles_BTk)[:, :, None, :]
+    x1, x2 = x_BTNK[..., :half], x_BTNK[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class Embeddings(nn.Module):
+    """Token (+ learned position, + token type) embeddings, optional soft prompt prepended."""
+    cfg: TransformerConfig
+    peft: PeftSpec = NO_PEFT
+
+    def setup(self):
+        cfg = self.cfg
+        init = nn.initializers.normal(0.02)
+        self.token = nn.Embed(cfg.vocab_size, cfg.embed_dim, name="token",
+                              embedding_init=nn.with_logical_partitioning(init, (ax.VOCAB, ax.EMBED)))
+        if cfg.positions == "learned":
+            self.position = nn.Embed(cfg.max_len, cfg.embed_dim, name="position",
+                                     embedding_init=nn.with_logical_partitioning(init, (None, ax.EMBED)))
+        if cfg.type_vocab_size:
+            self.token_type = nn.Embed(cfg.type_vocab_size, cfg.embed_dim, name="token_type",
+                                       embedding_init=nn.with_logical_partitioning(init, (None, ax.EMBED)))
+        if not cfg.pre_norm:
+            self.norm = _norm(cfg, "norm")
+        if self.peft.num_prompt_tokens:
+            init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.RANK, ax.EMBED))
+            shape = (self.peft.num_prompt_tokens, cfg.embed_dim)
+            self.prompt = self.variable(PEFT, "prompt", lambda: init(self.make_rng("params"), shape))
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def __call__(self, ids_BT, token_types_BT, positions_BT, deterministic: bool):
+        x_BTD = self.token(ids_BT)
+        num_prompt = self.peft.num_prompt_tokens
+        if num_prompt:
+            prompt_PD = self.prompt.value
+            prompt_BPD = jnp.broadcast_to(prompt_PD, (x_BTD.shape[0], *prompt_PD.shape))
+            x_BTD = jnp.concatenate([prompt_BPD.astype(x_BTD.dtype), x_BTD], axis=1)
+            token_types_BT = jnp.pad(token_types_BT, ((0, 0), (num_prompt, 0)))
+            positions_BT = jnp.concatenate(
+                [jnp.broadcast_to(jnp.arange(num_prompt), (x_BTD.shape[0], num_prompt)),
+                 positions_BT + num_prompt], axis=1)
+        if self.cfg.positions == "learned":
+            x_BTD = x_BTD + self.position(positions_BT)
+        if self.cfg.type_vocab_size:
+            x_BTD = x_BTD + self.token_type(token_types_BT)
+        if not self.cfg.pre_norm:
+            x_BTD = self.norm(x_BTD)
+        return self.dropout(x_BTD, deterministic=deterministic), positions_BT
+
+
+class Attention(nn.Module):
+    cfg: TransformerConfig
+    peft: PeftSpec = NO_PEFT
+
+    @nn.compact
+    def __call__(self, x_BTD, mask_BTS, positions_BT, deterministic: bool):
+        cfg = self.cfg
+        B, T, _ = x_BTD.shape
+        N, G, K = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+        dense = lambda features, name: Dense(
+            features, (ax.EMBED, ax.HEADS), cfg.use_bias, cfg.compute_dtype, peft=self.peft,
+            name=name)
+        q_BTNK = dense(N * K, "query")(x_BTD, deterministic).reshape(B, T, N, K)
+        k_BTGK = dense(G * K, "key")(x_BTD, deterministic).reshape(B, T, G, K)
+        v_BTGK = dense(G * K, "value")(x_BTD, deterministic).reshape(B, T, G, K)
+        if cfg.positions == "rope":
+            q_BTNK = rotary(q_BTNK, positions_BT, cfg.rope_theta)
+            k_BTGK = rotary(k_BTGK, positions_BT, cfg.rope_theta)
+        q_BTNK = nn.with_logical_constraint(q_BTNK, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.KV))
+        q_BTGQK = q_BTNK.reshape(B, T, G, N // G, K)
+        dt = cfg.compute_dtype
+        scores_BGQTS = jnp.einsum("btgqk,bsgk->bgqts", q_BTGQK.astype(dt), k_BTGK.astype(dt),
+                                  preferred_element_type=jnp.float32) * K ** -0.5
+        scores_BGQTS = jnp.where(mask_BTS[:, None, None], scores_BGQTS,
+                                 jnp.finfo(jnp.float32).min)
+        probs_BGQTS = jax.nn.softmax(scores_BGQTS, axis=-1)
+        probs_BGQTS = nn.Dropout(cfg.attention_dropout_rate)(probs_BGQTS, deterministic=deterministic)
+        out_BTGQK = jnp.einsum("bgqts,bsgk->btgqk", probs_BGQTS.astype(dt), v_BTGK.astype(dt),
+                               preferred_element_type=jnp.float32)
+        out_BTF = out_BTGQK.reshape(B, T, N * K)
+        return Dense(cfg.embed_dim, (ax.HEADS, ax.EMBED), cfg.use_bias, dt, peft=self.peft,
+                     name="out")(out_BTF, deterministic)
+
+
+class Mlp(nn.Module):
+    cfg: TransformerConfig
+    peft: PeftSpec = NO_PEFT
+
+    @nn.compact
+    def __call__(self, x_BTD, deterministic: bool):
+        cfg = self.cfg
+        dense = lambda features, axes, name: Dense(
+            features, axes, cfg.use_bias, cfg.compute_dtype, peft=self.peft, name=name)
+        up_BTF = dense(cfg.mlp_dim, (ax.EMBED, ax.MLP), "up")(x_BTD, deterministic)
+        if cfg.mlp == "swiglu":
+            gate_BTF = dense(cfg.mlp_dim, (ax.EMBED, ax.MLP), "gate")(x_BTD, deterministic)
+            h_BTF = nn.silu(gate_BTF) * up_BTF
+        else:
+            h_BTF = nn.gelu(up_BTF, approximate=cfg.mlp == "gelu_tanh")
+        h_BTF = nn.with_logical_constraint(h_BTF, (ax.BATCH, ax.LENGTH, ax.MLP))
+        return dense(cfg.embed_dim, (ax.MLP, ax.EMBED), "down")(h_BTF, deterministic)
+
+
+class Block(nn.Module):
+    """One layer: attention then MLP, post-LN (BERT) or pre-norm (GPT/Llama)."""
+    cfg: TransformerConfig
+    peft: PeftSpec = NO_PEFT
+
+    @nn.compact
+    def __call__(self, x_BTD, mask_BTS, positions_BT, deterministic: bool):
+        cfg, peft = self.cfg, self.peft
+        drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        attention = Attention(cfg, peft, name="attention")
+        mlp = Mlp(cfg, peft, name="mlp")
+        attention_norm, mlp_norm = _norm(cfg, "attention_norm"), _norm(cfg, "mlp_norm")
+
+        def adapt(h_BTD, where):
+            wanted = (peft.adapter == "houlsby" or
+                      (peft.adapter == "pfeiffer" and where == "mlp"))
+            if not wanted:
+                return h_BTD
+            return Bottleneck(peft.adapter_size, dtype=cfg.compute_dtype,
+                              name=f"adapter_{where}")(h_BTD)
+
+        if cfg.pre_norm:
+            x_BTD = x_BTD + drop(adapt(attention(attention_norm(x_BTD), mask_BTS, positions_BT,
+                                                 deterministic), "attention"))
+            x_BTD = x_BTD + drop(adapt(mlp(mlp_norm(x_BTD), deterministic), "mlp"))
+        else:
+            x_BTD = attention_norm(x_BTD + adapt(drop(
+                attention(x_BTD, mask_BTS, positions_BT, deterministic)), "attention"))
+            x_BTD = mlp_norm(x_BTD + adapt(drop(mlp(x_BTD, deterministic)), "mlp"))
+        return nn.with_logical_constraint(x_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
+
+
+class Transformer(nn.Module):
+    """Embeddings, `num_layers` blocks and a task head; `apply` returns the logits.
+
+    Attributes:
+      cfg: the architecture.
+      task: one of TASKS ("hidden" returns the last hidden states).
+      num_labels: classes of a classification head.
+      pooling: "cls" (first token), "mean" (masked mean) or "last" (last real token).
+      peft: the PEFT modules to build (their weights go to the `peft` collection).
+    """
+    cfg: TransformerConfig
+    task: str = "hidden"
+    num_labels: int = 0
+    pooling: str = "cls"
+    peft: PeftSpec = NO_PEFT
+
+    @nn.compact
+    def __call__(self, ids_BT, mask_BT=None, token_types_BT=None, positions_BT=None, *,
+                 deterministic: bool = True):
+        cfg = self.cfg
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is not one of {TASKS}")
+        B, T = ids_BT.shape
+        mask_BT = jnp.ones((B, T), bool) if mask_BT is None else mask_BT.astype(bool)
+        token_types_BT = jnp.zeros_like(ids_BT) if token_types_BT is None else token_types_BT
+        positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T)) if positions_BT is None else positions_BT
+        embeddings = Embeddings(cfg, self.peft, name="embed")
+        x_BTD, positions_BT = embeddings(ids_BT, token_types_BT, positions_BT, deterministic)
+        num_prompt = x_BTD.shape[1] - T
+        full_mask_BS = jnp.pad(mask_BT, ((0, 0), (num_prompt, 0)), constant_values=True)
+        S = x_BTD.shape[1]
+        mask_BTS = jnp.broadcast_to(full_mask_BS[:, None, :], (B, S, S))
+        if cfg.causal:
+            mask_BTS = mask_BTS & jnp.tril(jnp.ones((S, S), bool))
+        x_BTD = nn.with_logical_constraint(x_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
+        for i in range(cfg.num_layers):
+            x_BTD = Block(cfg, self.peft, name=f"layer_{i}")(
+                x_BTD, mask_BTS, positions_BT, deterministic)
+        if cfg.pre_norm:
+            x_BTD = _norm(cfg, "final_norm")(x_BTD)
+        x_BTD = x_BTD[:, num_prompt:]  # drop the soft prompt's positions
+        if self.task == "hidden":
+            return x_BTD
+        if self.task == "sequence_classification":
+            x_BTD = self._pool(x_BTD, mask_BT)
+        table_VD = embeddings.token.embedding
+        return Head(cfg, self.task, self.num_labels, name="head")(x_BTD, table_VD, deterministic)
+
+    def _pool(self, h_BTD, mask_BT):
+        """Sequence pooling (and BERT's pretrained tanh pooler): returns a length-1 sequence."""
+        cfg = self.cfg
+        if self.pooling == "mean":
+            weights_BT = mask_BT.astype(h_BTD.dtype)
+            pooled_BD = (jnp.einsum("btd,bt->bd", h_BTD, weights_BT)
+                         / jnp.maximum(weights_BT.sum(-1, keepdims=True), 1.0))
+        elif self.pooling == "cls":
+            pooled_BD = h_BTD[:, 0]
+        elif self.pooling == "last":  # decoders: the last non-padding token (right padding)
+            last_B = jnp.maximum(mask_BT.sum(-1) - 1, 0)
+            pooled_BD = jnp.take_along_axis(h_BTD, last_B[:, None, None], axis=1)[:, 0]
+        else:
+            raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}")
+        if cfg.use_pooler:
+            pooled_BD = jnp.tanh(Dense(cfg.embed_dim, (ax.EMBED, ax.EMBED),
+                                       dtype=cfg.compute_dtype, peft=self.peft,
+                                       name="pooler")(pooled_BD))
+        return pooled_BD
+
+
+class Head(nn.Module):
+    """Task heads; everything under `params/head` is new for a downstream task."""
+    cfg: TransformerConfig
+    task: str
+    num_labels: int = 0
+
+    @nn.compact
+    def __call__(self, h_BxD, table_VD, deterministic: bool):
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        if self.task == "mlm":
+            h_BxD = Dense(cfg.embed_dim, (ax.EMBED, ax.EMBED), dtype=dt, name="transform")(h_BxD)
+            h_BxD = layer_norm("transform_norm", cfg.norm_eps)(nn.gelu(h_BxD, approximate=False))
+            bias_V = self.param("bias", nn.with_logical_partitioning(
+                nn.initializers.zeros, (ax.VOCAB,)), (cfg.vocab_size,))
+            return matmul(h_BxD, table_VD.T, dt) + bias_V
+        if self.task == "causal_lm":
+            if cfg.tie_embeddings:
+                return matmul(h_BxD, table_VD.T, dt)
+            return Dense(cfg.vocab_size, (ax.EMBED, ax.VOCAB), use_bias=False, dtype=dt,
+                         name="lm")(h_BxD)
+        # sequence (already pooled) or token classification
+        h_BxD = nn.Dropout(cfg.dropout_rate)(h_BxD, deterministic=deterministic)
+        return Dense(self.num_labels, (ax.EMBED, None), dtype=dt, name="classifier")(h_BxD)
+
+
+def size(name: str, **overrides: Any) -> TransformerConfig:
+    """A named size from SIZES with field overrides (e.g. dtype, dropout)."""
+    if name not in SIZES:
+        raise ValueError(f"unknown transformer size {name!r}; known: {sorted(SIZES)}")
+    return dataclasses.replace(SIZES[name], **overrides)
