@@ -29,6 +29,11 @@ def matmul(x_BI: jax.Array, w_IO: jax.Array, dtype: Dtype) -> jax.Array:
         preferred_element_type=jnp.float32)
 
 
+def add_bias(y_BxO: jax.Array, bias_O: jax.Array) -> jax.Array:
+    """`y + b` over the last axis, with the broadcast spelled out (rank promotion is an error)."""
+    return y_BxO + bias_O.reshape((1,) * (y_BxO.ndim - 1) + bias_O.shape)
+
+
 def lora_a_init(key, shape, dtype=jnp.float32):
     """Kaiming-uniform with a=sqrt(5) over fan_in, as HF PEFT / torch Linear: U(-1/sqrt(I), 1/sqrt(I))."""
     fan_in = 1
@@ -65,7 +70,7 @@ class Dense(nn.Module):
             bias_O = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
                 (self.features,))
-            y_BO = y_BO + bias_O
+            y_BO = add_bias(y_BO, bias_O)
         if self.peft.is_lora_target(self.scope.path):
             rank = self.peft.lora_rank
             a_IR = _peft_variable(self, "lora_a", lora_a_init, (in_features, rank),
@@ -136,8 +141,8 @@ class Bottleneck(nn.Module):
                                (self.size, width), (ax.RANK, self.feature_axis))
         up_bias_D = _peft_variable(self, "up_bias", nn.initializers.zeros,
                                    (width,), (self.feature_axis,))
-        z_BR = nn.gelu(matmul(h_BD, down_DR, self.dtype) + down_bias_R, approximate=False)
-        return h_BD + (matmul(z_BR, up_RD, self.dtype) + up_bias_D)
+        z_BR = nn.gelu(add_bias(matmul(h_BD, down_DR, self.dtype), down_bias_R), approximate=False)
+        return h_BD + add_bias(matmul(z_BR, up_RD, self.dtype), up_bias_D)
 
 
 def layer_norm(name: str, eps: float, axis_name: str = ax.EMBED) -> nn.LayerNorm:

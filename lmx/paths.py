@@ -40,7 +40,7 @@ def _no_match_error(pattern: str, all_paths: Sequence[str], what: str) -> ValueE
 
 
 def label(tree: Any, rules: Sequence[tuple[str, Any]], *, what: str,
-          default: Any = None) -> Any:
+          default: Any = None, require_use: bool = True) -> Any:
     """Returns a tree like `tree` whose leaves are the label of the first matching rule.
 
     Args:
@@ -48,6 +48,7 @@ def label(tree: Any, rules: Sequence[tuple[str, Any]], *, what: str,
       rules: `(regex, label)` pairs; the first `fullmatch` wins.
       what: the config key the rules came from, for error messages.
       default: label for leaves no rule matches; None means such a leaf is an error.
+      require_use: raise if a rule matches no leaf (off for built-in catch-all lists).
     """
     flat = flatten(tree)
     compiled = [(re.compile(pattern), value) for pattern, value in rules]
@@ -64,7 +65,7 @@ def label(tree: Any, rules: Sequence[tuple[str, Any]], *, what: str,
                 raise ValueError(f"{what}: no rule covers parameter {path!r}")
             labels[path] = default
     for (pattern, _), was_used in zip(rules, used):
-        if not was_used:
+        if require_use and not was_used:
             raise _no_match_error(pattern, list(flat), what)
     for path, value in labels.items():
         logging.debug("%s: %s -> %s", what, path, value)

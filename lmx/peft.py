@@ -60,7 +60,8 @@ def spec_from_config(peft_config: ml_collections.ConfigDict, base_params: Any) -
     if method == "lora":
         kernel_paths = paths.select(
                 base_params, peft_config.lora.targets, what="config.peft.lora.targets")
-        module_paths = frozenset(p.rsplit("/", 1)[0] for p in kernel_paths)
+        # "params/layer_0/attention/query/kernel" -> module path "layer_0/attention/query"
+        module_paths = frozenset(p.split("/", 1)[1].rsplit("/", 1)[0] for p in kernel_paths)
         return PeftSpec(
                 lora_rank=peft_config.lora.rank,
                 lora_alpha=peft_config.lora.alpha,

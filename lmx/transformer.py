@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lmx import sharding as ax
-from lmx.layers import Bottleneck, Dense, layer_norm, matmul, rms_norm
+from lmx.layers import Bottleneck, Dense, add_bias, layer_norm, matmul, rms_norm
 from lmx.peft import NO_PEFT, PEFT, PeftSpec
 
 TASKS = ("hidden", "mlm", "causal_lm", "sequence_classification", "token_classification")
@@ -90,7 +90,7 @@ def rotary(x_BTNK: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Arra
     """Rotary position embedding, Llama's rotate-half layout."""
     half = x_BTNK.shape[-1] // 2
     inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
-    angles_BTk = positions_BT[..., None].astype(jnp.float32) * inv_freq
+    angles_BTk = positions_BT[..., None].astype(jnp.float32) * inv_freq[None, None]
     cos = jnp.cos(angles_BTk)[:, :, None, :]
     sin = jnp.sin(angles_BTk)[:, :, None, :]
     x1, x2 = x_BTNK[..., :half], x_BTNK[..., half:]
@@ -259,7 +259,7 @@ class Transformer(nn.Module):
         S = x_BTD.shape[1]
         mask_BTS = jnp.broadcast_to(full_mask_BS[:, None, :], (B, S, S))
         if cfg.causal:
-            mask_BTS = mask_BTS & jnp.tril(jnp.ones((S, S), bool))
+            mask_BTS = mask_BTS & jnp.tril(jnp.ones((S, S), bool))[None]
         x_BTD = nn.with_logical_constraint(x_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
         for i in range(cfg.num_layers):
             x_BTD = Block(cfg, self.peft, name=f"layer_{i}")(
@@ -289,7 +289,7 @@ class Transformer(nn.Module):
         else:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}")
         if cfg.use_pooler:
-            pooled_BD = jnp.tanh(Dense(cfg.embed_dim, (ax.EMBED, ax.EMBED),
+            pooled_BD = jnp.tanh(Dense(cfg.embed_dim, (ax.EMBED, None),
                                        dtype=cfg.compute_dtype, peft=self.peft,
                                        name="pooler")(pooled_BD))
         return pooled_BD
@@ -305,11 +305,11 @@ class Head(nn.Module):
     def __call__(self, h_BxD, table_VD, deterministic: bool):
         cfg, dt = self.cfg, self.cfg.compute_dtype
         if self.task == "mlm":
-            h_BxD = Dense(cfg.embed_dim, (ax.EMBED, ax.EMBED), dtype=dt, name="transform")(h_BxD)
+            h_BxD = Dense(cfg.embed_dim, (ax.EMBED, None), dtype=dt, name="transform")(h_BxD)
             h_BxD = layer_norm("transform_norm", cfg.norm_eps)(nn.gelu(h_BxD, approximate=False))
             bias_V = self.param("bias", nn.with_logical_partitioning(
                 nn.initializers.zeros, (ax.VOCAB,)), (cfg.vocab_size,))
-            return matmul(h_BxD, table_VD.T, dt) + bias_V
+            return add_bias(matmul(h_BxD, table_VD.T, dt), bias_V)
         if self.task == "causal_lm":
             if cfg.tie_embeddings:
                 return matmul(h_BxD, table_VD.T, dt)

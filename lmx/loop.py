@@ -1,0 +1,247 @@
+"""The training loop: data, model, sharded state, progress bar, eval, checkpoints, outputs."""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from typing import Any, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from tqdm.auto import tqdm
+
+from lmx import checkpoint, data, metrics, models, optim, peft as peft_lib, report, sharding
+from lmx.train import TRAINABLE_COLLECTIONS, TrainState, eval_step, split, train_step
+
+
+def load_datasets(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Train / validation / (test) Examples, the label names and the pad id."""
+    d = config.data
+    if d.kind == "synthetic":
+        num_labels, vocab = 2, 128
+        examples = data.synthetic(512, vocab, d.max_length, num_labels, d.split_seed)
+        train_index, valid_index = data.stratified_split(examples.labels, d.validation_fraction,
+                                                         d.split_seed)
+        return {"train": examples.subset(train_index), "validation": examples.subset(valid_index),
+                "test": None, "label_names": [str(i) for i in range(num_labels)], "pad_id": 0}
+    if d.kind != "csv_classification":
+        raise ValueError(f"config.data.kind={d.kind!r} is not 'csv_classification' or 'synthetic'")
+    if not config.model.pretrained:
+        raise ValueError("config.model.pretrained: a csv_classification task needs a pretrained "
+                         "model folder (its tokenizer encodes the text)")
+    from lmx import pretrained  # noqa: PLC0415
+    tokenizer = pretrained.load_tokenizer(pretrained.resolve_model_dir(config.model.pretrained))
+
+    def read(path):
+        texts, labels = data.read_csv_classification(path, d.text_column, d.label_column)
+        return texts, labels
+
+    texts, label_strings = read(d.train_file)
+    names = (data.read_label_names(d.labels_file) if d.labels_file
+             else sorted(set(label_strings)))
+
+    def encode(texts, label_strings, path):
+        ids, types = data.tokenize(tokenizer, texts, d.max_length)
+        return data.Examples(ids, types, data.label_ids(label_strings, names, path))
+
+    train = encode(texts, label_strings, d.train_file)
+    if d.validation_file:
+        validation = encode(*read(d.validation_file), d.validation_file)
+    else:
+        train_index, valid_index = data.stratified_split(train.labels, d.validation_fraction,
+                                                         d.split_seed)
+        train, validation = train.subset(train_index), train.subset(valid_index)
+    test = encode(*read(d.test_file), d.test_file) if d.test_file else None
+    return {"train": train, "validation": validation, "test": test, "label_names": names,
+            "pad_id": tokenizer.pad_id}
+
+
+def _validate(config: ml_collections.ConfigDict, mesh, rules) -> None:
+    ways = sharding.batch_axis_size(mesh, rules)
+    for key in ("batch_size", "eval_batch_size"):
+        if config.train[key] % ways:
+            raise ValueError(f"config.train.{key}={config.train[key]} is not divisible by the "
+                             f"{ways}-way data-parallel split of mesh {dict(mesh.shape)}")
+
+
+class Trainer:
+    """Holds the jitted steps and the pieces of one run; `fit` trains, `evaluate` scores."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
+        self.config, self.workdir = config, workdir
+        self.mesh = sharding.make_mesh(config.mesh, devices)
+        self.rules = sharding.rules_for(config.sharding)
+        _validate(config, self.mesh, self.rules)
+        self.datasets = load_datasets(config)
+        init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+        num_labels = len(self.datasets["label_names"])
+        self.model = models.create(config, num_labels, self.mesh, self.rules, init_rng)
+        variables = self.model.variables
+        learnable = {k: v for k, v in variables.items() if k in TRAINABLE_COLLECTIONS}
+        self.labels = optim.trainable_labels(learnable, peft_lib.trainable_patterns(config.peft),
+                                             what="config.peft.trainable")
+        self.steps_per_epoch = data.steps_per_epoch(self.datasets["train"], config.train.batch_size)
+        self.total_steps = (config.train.num_steps or
+                            int(math.ceil(config.train.num_epochs * self.steps_per_epoch)))
+        self.tx = optim.make_optimizer(config.train, self.labels, self.total_steps)
+        trainable, self.frozen = split(learnable, self.labels)
+        model_state = {k: v for k, v in variables.items() if k not in TRAINABLE_COLLECTIONS}
+        self.state, self.state_shardings = self._init_state(trainable, model_state, train_rng)
+        self.train_step = jax.jit(
+            functools.partial(train_step, model=self.model.module, tx=self.tx),
+            out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+            donate_argnums=(0,))
+        self.eval_step = jax.jit(functools.partial(eval_step, model=self.model.module))
+
+    def _init_state(self, trainable, model_state, rng) -> tuple[TrainState, TrainState]:
+        abstract = {k: v for k, v in self.model.abstract.items() if k in TRAINABLE_COLLECTIONS}
+        opt_specs = nn.get_partition_spec(jax.eval_shape(self.tx.init, abstract))
+        opt_shardings = sharding.logical_to_shardings(opt_specs, self.mesh, self.rules)
+        shardings = self.model.shardings
+        learnable_sh = {k: v for k, v in shardings.items() if k in TRAINABLE_COLLECTIONS}
+        replicated = sharding.replicated(self.mesh)
+        state_shardings = TrainState(
+            step=replicated, trainable=split(learnable_sh, self.labels)[0],
+            opt_state=opt_shardings,
+            model_state={k: v for k, v in shardings.items() if k not in TRAINABLE_COLLECTIONS},
+            rng=replicated)
+        full = {k: v for k, v in self.model.variables.items() if k in TRAINABLE_COLLECTIONS}
+        opt_state = jax.jit(self.tx.init, out_shardings=opt_shardings)(full)
+        state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                           opt_state=opt_state, model_state=model_state, rng=rng)
+        return jax.device_put(state, state_shardings), state_shardings
+
+    def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: jax.device_put(v, sharding.batch_sharding(self.mesh, self.rules, v.ndim))
+                for k, v in batch.items()}
+
+    def evaluate(self, examples: data.Examples) -> dict[str, float]:
+        cfg = self.config
+        labels, predictions, loss_sum, count = [], [], 0.0, 0.0
+        batches = data.eval_batches(examples, cfg.train.eval_batch_size,
+                                    pad_multiple=cfg.data.pad_multiple,
+                                    pad_id=self.datasets["pad_id"])
+        with self.mesh, nn.logical_axis_rules(self.rules):
+            for batch in batches:
+                out = jax.device_get(self.eval_step(self.state.trainable, self.frozen,
+                                                   self.state.model_state, self.device_batch(batch)))
+                real = batch["weights"] > 0
+                labels.append(batch["labels"][real])
+                predictions.append(out["predictions"][real])
+                loss_sum += float(out["loss_sum"])
+                count += float(out["count"])
+        scores = metrics.classification(np.concatenate(labels), np.concatenate(predictions))
+        return {"loss": loss_sum / max(count, 1.0), **scores}
+
+    def train_stream(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        cfg = self.config
+        return data.train_batches(self.datasets["train"], cfg.train.batch_size, seed=cfg.seed,
+                                  start_step=start_step, pad_multiple=cfg.data.pad_multiple,
+                                  bucket_batches=cfg.data.bucket_batches,
+                                  pad_id=self.datasets["pad_id"])
+
+    def meta(self) -> dict:
+        return {"base": self.config.model.pretrained or f"{self.config.model.size}@seed"
+                        f"{self.config.seed}",
+                "peft": self.config.peft.method}
+
+
+def _fetch(metrics_device: dict, step: int) -> dict[str, float]:
+    values = {k: float(v) for k, v in jax.device_get(metrics_device).items()}
+    if not math.isfinite(values["loss"]):
+        raise FloatingPointError(f"loss is {values['loss']} at step {step}: stopping the run")
+    return values
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint) and writes results."""
+    os.makedirs(workdir, exist_ok=True)
+    report.write_json(workdir, "config.json", config.to_dict())
+    trainer = Trainer(config, workdir)
+    cfg = config.train
+    mgr = checkpoint.manager(workdir, cfg.max_checkpoints)
+    if cfg.resume:
+        restored = checkpoint.restore(mgr, trainer.state, trainer.meta())
+        if restored is not None:
+            trainer.state = jax.device_put(restored, trainer.state_shardings)
+            logging.info("resumed from step %d", int(restored.step))
+    writer = report.MetricWriter(workdir)
+    start = int(jax.device_get(trainer.state.step))
+    total = trainer.total_steps
+    eval_every = cfg.eval_every or trainer.steps_per_epoch
+    ckpt_every = cfg.checkpoint_every or trainer.steps_per_epoch
+    stream = trainer.train_stream(start)
+    window, pending, train_seconds = [], None, 0.0
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    tick = time.perf_counter()
+    with trainer.mesh, nn.logical_axis_rules(trainer.rules):
+        for step in range(start, total):
+            trainer.state, step_metrics = trainer.train_step(
+                trainer.state, trainer.frozen, trainer.device_batch(next(stream)))
+            if pending is not None:  # fetch the previous step's metrics: the device never waits
+                window.append(_fetch(*pending))
+            pending = (step_metrics, step + 1)
+            bar.update(1)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == total:
+                window.append(_fetch(*pending))
+                pending = None
+                loss = float(np.mean([m["loss"] for m in window]))
+                elapsed = train_seconds + time.perf_counter() - tick
+                speed = (done - start) * cfg.batch_size / max(elapsed, 1e-9)
+                bar.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{speed:.1f}")
+                writer.write(done, "train", {"loss": loss, "examples_per_second": speed,
+                                             "grad_norm": window[-1]["grad_norm"]})
+                window = []
+            if done % eval_every == 0 or done % ckpt_every == 0 or done == total:
+                jax.block_until_ready(trainer.state)
+                train_seconds += time.perf_counter() - tick
+                if done % eval_every == 0 or done == total:
+                    scores = trainer.evaluate(trainer.datasets["validation"])
+                    writer.write(done, "validation", scores)
+                    bar.write(f"step {done}: validation " +
+                              " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+                if done % ckpt_every == 0 or done == total:
+                    checkpoint.save(mgr, trainer.state, trainer.meta())
+                tick = time.perf_counter()
+    bar.close()
+    mgr.wait_until_finished()
+    return _finish(trainer, writer, workdir, start, train_seconds)
+
+
+def _finish(trainer: Trainer, writer: report.MetricWriter, workdir: str, start: int,
+            train_seconds: float) -> dict:
+    """Final scores, the exported trainable weights and results.json."""
+    step = int(jax.device_get(trainer.state.step))
+    results = {"validation": trainer.evaluate(trainer.datasets["validation"]), "step": step}
+    if trainer.datasets["test"] is not None:
+        results["test"] = trainer.evaluate(trainer.datasets["test"])
+        writer.write(step, "test", results["test"])
+    writer.close()
+    adapter_dir = os.path.abspath(os.path.join(workdir, "trainable"))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(adapter_dir, trainer.state.trainable, force=True)
+    adapter_bytes = sum(os.path.getsize(os.path.join(d, f))
+                        for d, _, files in os.walk(adapter_dir) for f in files)
+    total_params = models.count(trainer.state.trainable) + models.count(trainer.frozen)
+    trainable_params = models.count(trainer.state.trainable)
+    trained_examples = (step - start) * trainer.config.train.batch_size
+    results.update(
+        total_params=total_params,
+        trainable_params=trainable_params,
+        trainable_percent=100.0 * trainable_params / total_params,
+        adapter_bytes=adapter_bytes,
+        trainable_bytes_in_memory=models.nbytes(trainer.state.trainable),
+        train_seconds=train_seconds,
+        examples_per_second=trained_examples / train_seconds if train_seconds else 0.0,
+        label_names=trainer.datasets["label_names"],
+    )
+    report.write_json(workdir, "results.json", results)
+    report.plot_curves(workdir)
+    return results

@@ -1,0 +1,110 @@
+"""Pure train / eval steps over a split of the variables into trainable and frozen parts.
+
+The state holds only what trains (plus optimizer state, step, rng and mutable model
+state such as BatchNorm statistics); frozen weights come in as a separate argument,
+are never differentiated and never donated, so they come back bit-identical.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from lmx import optim
+
+TRAINABLE_COLLECTIONS = ("params", "peft")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    trainable: Any  # {"params": {...}, "peft": {...}} holding only trainable leaves
+    opt_state: Any
+    model_state: Any  # other mutable collections, e.g. {"batch_stats": ...}
+    rng: jax.Array
+
+
+def split(tree: Any, labels: Any) -> tuple[dict, dict]:
+    """Splits a nested dict into (trainable, frozen) by `optim.TRAIN` / `optim.FREEZE` labels."""
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(tree))
+    flat_labels = traverse_util.flatten_dict(flax.core.unfreeze(labels))
+    trainable = {k: v for k, v in flat.items() if flat_labels[k] == optim.TRAIN}
+    frozen = {k: v for k, v in flat.items() if flat_labels[k] != optim.TRAIN}
+    return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
+
+
+def merge(*trees: Any) -> dict:
+    """Union of nested dicts with disjoint leaves."""
+    flat = {}
+    for tree in trees:
+        flat.update(traverse_util.flatten_dict(flax.core.unfreeze(tree)))
+    return traverse_util.unflatten_dict(flat)
+
+
+def forward(model: nn.Module, variables: Any, batch: dict, *, train: bool, rng=None):
+    """Logits and updated mutable collections for a Transformer or ResNet batch."""
+    rngs = {"dropout": rng} if train and rng is not None else {}
+    if "images" in batch:
+        if train:
+            logits, updates = model.apply(variables, batch["images"], train=True,
+                                          mutable=["batch_stats"], rngs=rngs)
+            return logits, updates
+        return model.apply(variables, batch["images"], train=False), {}
+    logits = model.apply(variables, batch["ids"], batch["mask"], batch["token_types"],
+                         deterministic=not train, rngs=rngs)
+    return logits, {}
+
+
+def classification_loss(logits_BxL: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
+    """Weighted mean cross-entropy; `weights` zero out padding examples / tokens."""
+    labels_Bx = batch["labels"]
+    weights_Bx = batch["weights"].astype(jnp.float32)
+    ce_Bx = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BxL.astype(jnp.float32), jnp.maximum(labels_Bx, 0))
+    total_weight = jnp.maximum(weights_Bx.sum(), 1.0)
+    loss = (ce_Bx * weights_Bx).sum() / total_weight
+    correct = ((logits_BxL.argmax(-1) == labels_Bx) * weights_Bx).sum()
+    return loss, {"loss_sum": (ce_Bx * weights_Bx).sum(), "correct": correct,
+                  "count": weights_Bx.sum()}
+
+
+def train_step(state: TrainState, frozen: Any, batch: dict, *, model: nn.Module,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+    """One optimizer step; gradients are taken with respect to `state.trainable` only."""
+    rng, dropout_rng = jax.random.split(state.rng)
+
+    def loss_of(trainable):
+        variables = merge(trainable, frozen, state.model_state)
+        logits, model_state = forward(model, variables, batch, train=True, rng=dropout_rng)
+        loss, aux = classification_loss(logits, batch)
+        return loss, (aux, model_state)
+
+    (loss, (aux, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        state.trainable)
+    # The optimizer sees the full tree; `set_to_zero` drops the frozen part (XLA removes the zeros).
+    full_grads = merge(grads, jax.tree.map(jnp.zeros_like, frozen))
+    updates, opt_state = tx.update(full_grads, state.opt_state, merge(state.trainable, frozen))
+    flat_updates = traverse_util.flatten_dict(updates)
+    trainable_updates = traverse_util.unflatten_dict(
+        {k: flat_updates[k] for k in traverse_util.flatten_dict(state.trainable)})
+    new_state = state.replace(
+        step=state.step + 1,
+        trainable=optax.apply_updates(state.trainable, trainable_updates),
+        opt_state=opt_state,
+        model_state=model_state or state.model_state,
+        rng=rng)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return new_state, metrics
+
+
+def eval_step(trainable: Any, frozen: Any, model_state: Any, batch: dict, *,
+              model: nn.Module) -> dict:
+    """Loss sums and predictions for one batch (weights mark real examples)."""
+    logits, _ = forward(model, merge(trainable, frozen, model_state), batch, train=False)
+    _, aux = classification_loss(logits, batch)
+    return {**aux, "predictions": logits.argmax(-1)}
