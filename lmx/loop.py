@@ -180,38 +180,40 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     window, pending, train_seconds = [], None, 0.0
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
     tick = time.perf_counter()
-    with trainer.mesh, nn.logical_axis_rules(trainer.rules):
-        for step in range(start, total):
-            trainer.state, step_metrics = trainer.train_step(
-                trainer.state, trainer.frozen, trainer.device_batch(next(stream)))
-            if pending is not None:  # fetch the previous step's metrics: the device never waits
-                window.append(_fetch(*pending))
-            pending = (step_metrics, step + 1)
-            bar.update(1)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == total:
-                window.append(_fetch(*pending))
-                pending = None
-                loss = float(np.mean([m["loss"] for m in window]))
-                elapsed = train_seconds + time.perf_counter() - tick
-                speed = (done - start) * cfg.batch_size / max(elapsed, 1e-9)
-                bar.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{speed:.1f}")
-                writer.write(done, "train", {"loss": loss, "examples_per_second": speed,
-                                             "grad_norm": window[-1]["grad_norm"]})
-                window = []
-            if done % eval_every == 0 or done % ckpt_every == 0 or done == total:
-                jax.block_until_ready(trainer.state)
-                train_seconds += time.perf_counter() - tick
-                if done % eval_every == 0 or done == total:
-                    scores = trainer.evaluate(trainer.datasets["validation"])
-                    writer.write(done, "validation", scores)
-                    bar.write(f"step {done}: validation " +
-                              " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
-                if done % ckpt_every == 0 or done == total:
-                    checkpoint.save(mgr, trainer.state, trainer.meta())
-                tick = time.perf_counter()
-    bar.close()
-    mgr.wait_until_finished()
+    try:
+        with trainer.mesh, nn.logical_axis_rules(trainer.rules):
+            for step in range(start, total):
+                trainer.state, step_metrics = trainer.train_step(
+                    trainer.state, trainer.frozen, trainer.device_batch(next(stream)))
+                if pending is not None:  # fetch the previous step's metrics: the device never waits
+                    window.append(_fetch(*pending))
+                pending = (step_metrics, step + 1)
+                bar.update(1)
+                done = step + 1
+                if done % cfg.log_every == 0 or done == total:
+                    window.append(_fetch(*pending))
+                    pending = None
+                    loss = float(np.mean([m["loss"] for m in window]))
+                    elapsed = train_seconds + time.perf_counter() - tick
+                    speed = (done - start) * cfg.batch_size / max(elapsed, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{speed:.1f}")
+                    writer.write(done, "train", {"loss": loss, "examples_per_second": speed,
+                                                 "grad_norm": window[-1]["grad_norm"]})
+                    window = []
+                if done % eval_every == 0 or done % ckpt_every == 0 or done == total:
+                    jax.block_until_ready(trainer.state)
+                    train_seconds += time.perf_counter() - tick
+                    if done % eval_every == 0 or done == total:
+                        scores = trainer.evaluate(trainer.datasets["validation"])
+                        writer.write(done, "validation", scores)
+                        bar.write(f"step {done}: validation " +
+                                  " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+                    if done % ckpt_every == 0 or done == total:
+                        checkpoint.save(mgr, trainer.state, trainer.meta())
+                    tick = time.perf_counter()
+    finally:  # a crash still finishes the checkpoints already started
+        bar.close()
+        mgr.wait_until_finished()
     return _finish(trainer, writer, workdir, start, train_seconds)
 
 

@@ -170,12 +170,13 @@ def load_bert(model_dir: str | pathlib.Path,
         if name not in tensors:
             missing.append(name)
             continue
+        is_linear = path.endswith("/kernel")  # torch Linear stores (O, I), lmx (I, O)
+        hf_shape = shape[::-1] if is_linear else shape
         array = tensors.pop(name)
-        array = array.T if path.endswith("/kernel") else array  # torch Linear stores (O, I)
-        if array.shape != shape:
-            mismatched.append(f"{name}: checkpoint {array.shape} vs lmx {shape}")
+        if array.shape != hf_shape:
+            mismatched.append(f"{name}: checkpoint {array.shape}, lmx expects {hf_shape}")
             continue
-        flat[path] = np.ascontiguousarray(array, dtype=np.float32)
+        flat[path] = np.ascontiguousarray(array.T if is_linear else array, dtype=np.float32)
     if missing or mismatched:
         raise ValueError(f"checkpoint {model_dir} does not fit lmx: missing tensors {missing}; "
                          f"shape mismatches {mismatched}")

@@ -1,0 +1,172 @@
+"""Training invariants: what is frozen stays bit-identical, has no optimizer state and no
+gradient; sharded equals single-device; resume continues the uninterrupted run."""
+import functools
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import tiny_synthetic
+from lmx import loop, paths
+from lmx.train import merge, train_step
+
+
+def _config(method="lora", **train):
+    config = tiny_synthetic.get_config(method)
+    config.train.update(train)
+    return config
+
+
+def _steps(trainer, n):
+    stream = trainer.train_stream(int(trainer.state.step))
+    losses = []
+    with trainer.mesh, nn.logical_axis_rules(trainer.rules):
+        for _ in range(n):
+            trainer.state, metrics = trainer.train_step(trainer.state, trainer.frozen,
+                                                        trainer.device_batch(next(stream)))
+            losses.append(float(metrics["loss"]))
+    return losses
+
+
+@pytest.mark.parametrize("method", ["lora", "houlsby", "bitfit", "prompt"])
+def test_peft_run_learns_and_frozen_leaves_stay_bit_identical(tmp_path, method):
+    trainer = loop.Trainer(_config(method, learning_rate=3e-2), str(tmp_path))
+    frozen_before = jax.tree.map(np.asarray, trainer.frozen)
+    trainable_before = jax.tree.map(np.asarray, trainer.state.trainable)
+    losses = _steps(trainer, 60 if method == "lora" else 10)
+    if method == "lora":  # (measured: 0.696 -> 0.221 mean over the first / last 10 steps)
+        assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.2, losses
+    frozen_after = paths.flatten(trainer.frozen)
+    for path, before in paths.flatten(frozen_before).items():
+        np.testing.assert_array_equal(np.asarray(frozen_after[path]), before, err_msg=path)
+    moved = [p for p, v in paths.flatten(trainer.state.trainable).items()
+             if not np.array_equal(np.asarray(v), paths.flatten(trainable_before)[p])]
+    assert moved, "no trainable leaf changed"
+
+
+def test_trainable_split_per_method(tmp_path):
+    def trainable_paths(method):
+        return set(paths.flatten(loop.Trainer(_config(method), str(tmp_path)).state.trainable))
+    lora = trainable_paths("lora")
+    assert {p for p in lora if p.startswith("params/")} == {
+        "params/head/classifier/kernel", "params/head/classifier/bias"}
+    assert "peft/layer_0/attention/query/lora_a" in lora
+    assert all(p.endswith("bias") or p.startswith("params/head/") for p in trainable_paths("bitfit"))
+    assert trainable_paths("prompt") >= {"peft/embed/prompt"}
+    full = trainable_paths("full")
+    assert len(full) == len(paths.flatten(loop.Trainer(_config("full"), str(tmp_path)).model.variables))
+
+
+def test_optimizer_state_has_no_leaves_for_frozen_params(tmp_path):
+    trainer = loop.Trainer(_config("lora"), str(tmp_path))
+    n_trainable = len(jax.tree.leaves(trainer.state.trainable))
+    n_frozen = len(jax.tree.leaves(trainer.frozen))
+    assert n_frozen > n_trainable > 0
+    opt_shapes = [x.shape for x in jax.tree.leaves(trainer.state.opt_state)]
+    # Adam: mu and nu per trainable leaf, plus scalar counters only.
+    assert len([s for s in opt_shapes if s != ()]) == 2 * n_trainable
+    frozen_sizes = {np.prod(x.shape) for x in jax.tree.leaves(trainer.frozen)}
+    trainable_sizes = {np.prod(x.shape) for x in jax.tree.leaves(trainer.state.trainable)}
+    assert not ({np.prod(s) for s in opt_shapes if s != ()} - trainable_sizes)
+    assert frozen_sizes - trainable_sizes  # e.g. the token embedding has no optimizer twin
+
+
+def test_gradient_tree_holds_only_trainable_leaves(tmp_path):
+    trainer = loop.Trainer(_config("lora"), str(tmp_path))
+    batch = trainer.device_batch(next(trainer.train_stream(0)))
+    seen = {}
+
+    def spy_update(grads, state, params=None):
+        seen["grads"] = grads
+        return trainer.tx.update(grads, state, params)
+
+    class Spy:
+        update = staticmethod(spy_update)
+
+    # value_and_grad is taken w.r.t. state.trainable: its tree is the gradient tree.
+    grads = jax.grad(lambda t: _loss(trainer, t, batch))(trainer.state.trainable)
+    assert paths.flatten(grads).keys() == paths.flatten(trainer.state.trainable).keys()
+    assert not any(p.startswith("params/layer_") for p in paths.flatten(grads))
+    step = functools.partial(train_step, model=trainer.model.module, tx=Spy)
+    jax.eval_shape(step, trainer.state, trainer.frozen, batch)
+    full = paths.flatten(seen["grads"])
+    frozen = set(paths.flatten(trainer.frozen))
+    assert frozen <= set(full)  # set_to_zero receives zeros for frozen leaves, which XLA drops
+
+
+def _loss(trainer, trainable, batch):
+    from lmx.train import classification_loss, forward
+    logits, _ = forward(trainer.model.module, merge(trainable, trainer.frozen), batch, train=False)
+    return classification_loss(logits, batch)[0]
+
+
+@pytest.mark.parametrize("preset", ["fsdp", "fsdp_tensor"])
+def test_sharded_2x4_mesh_matches_single_device(tmp_path, preset):
+    one = _config("lora", learning_rate=1e-2)
+    one.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))
+    single = loop.Trainer(one, str(tmp_path), devices=jax.devices()[:1])
+    sharded_config = _config("lora", learning_rate=1e-2)
+    sharded_config.sharding = preset
+    sharded_config.mesh = (("data", 2), ("fsdp", 4), ("tensor", 1)) if preset == "fsdp" else \
+        (("data", 2), ("fsdp", 1), ("tensor", 4))
+    sharded = loop.Trainer(sharded_config, str(tmp_path))
+    assert sharded.mesh.devices.shape == ((2, 4, 1) if preset == "fsdp" else (2, 1, 4))
+    big = {p: x for p, x in paths.flatten(sharded.frozen).items() if x.ndim == 2}
+    assert any(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
+               for x in big.values()), "no weight is actually sharded"
+    np.testing.assert_allclose(_steps(sharded, 5), _steps(single, 5), rtol=1e-5, atol=1e-5)
+
+
+def test_resume_continues_the_uninterrupted_loss_curve(tmp_path, monkeypatch):
+    config = _config("lora", num_steps=8, log_every=1, checkpoint_every=3, eval_every=100)
+
+    def losses(workdir):
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            return {r["step"]: r["loss"] for r in map(json.loads, f) if r["split"] == "train"}
+
+    loop.run(config, str(tmp_path / "straight"))
+    real_stream = loop.Trainer.train_stream
+
+    def crashing_stream(self, start_step):  # the process dies while fetching step 6's batch
+        for i, batch in enumerate(real_stream(self, start_step)):
+            if start_step + i == 5:
+                raise KeyboardInterrupt("simulated crash")
+            yield batch
+
+    monkeypatch.setattr(loop.Trainer, "train_stream", crashing_stream)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(config, str(tmp_path / "resumed"))
+    monkeypatch.setattr(loop.Trainer, "train_stream", real_stream)
+    loop.run(config, str(tmp_path / "resumed"))  # restores step 3, continues to 8
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert sorted(straight) == list(range(1, 9))
+    for step in range(4, 9):
+        np.testing.assert_allclose(resumed[step], straight[step], rtol=1e-6, err_msg=str(step))
+
+
+def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
+    config = _config("lora", num_steps=5, learning_rate=1e30, log_every=1, grad_clip_norm=1e30)
+    with pytest.raises(FloatingPointError, match=r"at step \d"):
+        loop.run(config, str(tmp_path))
+
+
+def test_batch_not_divisible_by_data_parallel_is_an_error(tmp_path):
+    config = _config("lora", batch_size=12)
+    with pytest.raises(ValueError, match="config.train.batch_size=12"):
+        loop.Trainer(config, str(tmp_path))
+
+
+def test_run_writes_outputs(tmp_path):
+    results = loop.run(_config("lora", num_steps=6, log_every=2), str(tmp_path))
+    for name in ("config.json", "metrics.jsonl", "curves.png", "results.json"):
+        assert os.path.getsize(tmp_path / name) > 0, name
+    assert os.listdir(tmp_path / "tensorboard")
+    assert 0 < results["trainable_params"] < results["total_params"]
+    assert results["trainable_percent"] == pytest.approx(
+        100 * results["trainable_params"] / results["total_params"])
+    assert results["adapter_bytes"] > 0
+    assert set(results["validation"]) >= {"accuracy", "macro_f1", "loss"}
