@@ -127,7 +127,7 @@ class Trainer:
         batches = data.eval_batches(examples, cfg.train.eval_batch_size,
                                     pad_multiple=cfg.data.pad_multiple,
                                     pad_id=self.datasets["pad_id"])
-        with self.mesh, nn.logical_axis_rules(self.rules):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             for batch in batches:
                 out = jax.device_get(self.eval_step(self.state.trainable, self.frozen,
                                                    self.state.model_state, self.device_batch(batch)))
@@ -181,7 +181,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
     tick = time.perf_counter()
     try:
-        with trainer.mesh, nn.logical_axis_rules(trainer.rules):
+        with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
             for step in range(start, total):
                 trainer.state, step_metrics = trainer.train_step(
                     trainer.state, trainer.frozen, trainer.device_batch(next(stream)))

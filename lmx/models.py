@@ -100,7 +100,7 @@ def create(config: ml_collections.ConfigDict, num_labels: int, mesh, rules,
     abstract = jax.eval_shape(init, rng)
     specs = nn.get_partition_spec(abstract)
     shardings = sharding.logical_to_shardings(specs, mesh, rules)
-    with mesh, nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         variables = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(rng)
     variables = flax.core.unfreeze(variables)
     if loaded is not None:

@@ -97,6 +97,28 @@ def rotary(x_BTNK: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Arra
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+@jax.custom_vjp
+def _gelu_erf(x):
+    return nn.gelu(x, approximate=False)
+
+
+def _gelu_erf_fwd(x):
+    return _gelu_erf(x), x
+
+
+def _gelu_erf_bwd(x, g):
+    cdf = 0.5 * (1.0 + jax.lax.erf(x * 0.7071067811865476))
+    pdf = jnp.exp(-0.5 * x * x) * 0.3989422804014327
+    return (jax.lax.optimization_barrier(g * (cdf + x * pdf)),)
+
+
+_gelu_erf.defvjp(_gelu_erf_fwd, _gelu_erf_bwd)
+
+
+def gelu(x, approximate: bool):
+    return nn.gelu(x, approximate=True) if approximate else _gelu_erf(x)
+
+
 class Embeddings(nn.Module):
     """Token (+ learned position, + token type) embeddings, optional soft prompt prepended."""
     cfg: TransformerConfig
@@ -189,7 +211,7 @@ class Mlp(nn.Module):
             gate_BTF = dense(cfg.mlp_dim, (ax.EMBED, ax.MLP), "gate")(x_BTD, deterministic)
             h_BTF = nn.silu(gate_BTF) * up_BTF
         else:
-            h_BTF = nn.gelu(up_BTF, approximate=cfg.mlp == "gelu_tanh")
+            h_BTF = gelu(up_BTF, cfg.mlp == "gelu_tanh")
         h_BTF = nn.with_logical_constraint(h_BTF, (ax.BATCH, ax.LENGTH, ax.MLP))
         return dense(cfg.embed_dim, (ax.MLP, ax.EMBED), "down")(h_BTF, deterministic)
 

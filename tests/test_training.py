@@ -24,7 +24,7 @@ def _config(method="lora", **train):
 def _steps(trainer, n):
     stream = trainer.train_stream(int(trainer.state.step))
     losses = []
-    with trainer.mesh, nn.logical_axis_rules(trainer.rules):
+    with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
         for _ in range(n):
             trainer.state, metrics = trainer.train_step(trainer.state, trainer.frozen,
                                                         trainer.device_batch(next(stream)))

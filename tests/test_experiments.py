@@ -1,0 +1,46 @@
+"""Every experiment config builds and runs one training step under `runlocal`."""
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from lmx import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
+
+
+def _get_config(path, arg):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def test_there_are_experiments():
+    assert any(p.endswith("banking77_lora.py") for p in EXPERIMENTS)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=os.path.basename)
+def test_runlocal_runs_one_step(path, tmp_path):
+    config = _get_config(path, "runlocal")
+    config.train.num_steps = 1
+    config.train.eval_batch_size = 64
+    results = loop.run(config, str(tmp_path))
+    assert results["step"] == 1
+    assert 0 <= results["validation"]["accuracy"] <= 1
+    assert 0 < results["trainable_percent"] <= 100
+
+
+@pytest.mark.parametrize("method", ["full", "bitfit", "houlsby", "pfeiffer", "prompt"])
+def test_synthetic_variants_run(method, tmp_path):
+    config = _get_config(os.path.join(ROOT, "experiments", "tiny_synthetic.py"),
+                         f"runlocal,{method}")
+    config.train.num_steps = 2
+    assert loop.run(config, str(tmp_path))["step"] == 2
+
+
+def test_unknown_arg_is_an_error():
+    with pytest.raises(ValueError, match="unknown arg 'nope'"):
+        _get_config(os.path.join(ROOT, "experiments", "banking77_lora.py"), "nope")
