@@ -37,7 +37,7 @@ def get_config(arg: str = ""):
     c.data.validation_fraction = 0.1
 
     c.train.batch_size = 32
-    c.train.num_epochs = 5
+    c.train.num_epochs = 3  # the HF+PEFT reference budget
     c.train.learning_rate = 2e-3
     c.train.warmup_fraction = 0.06
     c.train.weight_decay = 0.01

@@ -61,8 +61,3 @@ def restore(mgr: ocp.CheckpointManager, template: TrainState, meta: dict) -> Tra
         opt_state=jax.tree.unflatten(jax.tree.structure(template.opt_state), opt_leaves),
         model_state=item.get("model_state", template.model_state))
 
-
-def saved_bytes(mgr: ocp.CheckpointManager, step: int, subdir: str = "state") -> int:
-    """Bytes on disk of one saved item (the adapter size for a PEFT run)."""
-    root = os.path.join(str(mgr.directory), str(step), subdir)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)

@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
     c.data = ml_collections.ConfigDict(dict(
-        kind="csv_classification",  # "csv_classification" | "synthetic" (tests)
+        kind="csv_classification",  # "csv_classification" | "digits" | "synthetic" (tests)
         train_file="",
         validation_file="",  # "" = carve validation_fraction out of train_file
         validation_fraction=0.1,

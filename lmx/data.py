@@ -1,4 +1,5 @@
-"""Text-classification input pipeline: CSV files -> token ids (once) -> bucketed, padded batches.
+"""Classification input pipeline: CSV files -> token ids (once) -> bucketed, padded batches;
+images (scikit-learn's bundled digits) -> batches.
 
 Order is a pure function of (seed, epoch), so the position in the stream is just the
 step number and a resumed run sees exactly the batches the interrupted one would have.
@@ -27,6 +28,52 @@ class Examples:
     def subset(self, index: np.ndarray) -> "Examples":
         return Examples([self.ids[i] for i in index], [self.token_types[i] for i in index],
                         self.labels[index])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.asarray([len(x) for x in self.ids])
+
+    def batch(self, index: Sequence[int], batch_size: int, pad_multiple: int, pad_id: int
+              ) -> dict[str, np.ndarray]:
+        return _pad_batch(self, index, batch_size, pad_multiple, pad_id)
+
+
+@dataclasses.dataclass
+class ImageExamples:
+    """Images (N, H, W, C) float32 and integer labels."""
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> "ImageExamples":
+        return ImageExamples(self.images[index], self.labels[index])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.zeros(len(self), np.int64)
+
+    def batch(self, index: Sequence[int], batch_size: int, pad_multiple: int = 1,
+              pad_id: int = 0) -> dict[str, np.ndarray]:
+        images = np.zeros((batch_size, *self.images.shape[1:]), np.float32)
+        labels = np.zeros((batch_size,), np.int32)
+        weights = np.zeros((batch_size,), np.float32)
+        images[:len(index)], labels[:len(index)] = self.images[index], self.labels[index]
+        weights[:len(index)] = 1.0
+        return {"images": images, "labels": labels, "weights": weights}
+
+
+def digits(image_size: int) -> ImageExamples:
+    """scikit-learn's bundled handwritten digits (UCI, 1,797 8x8 images), upscaled to RGB."""
+    from sklearn.datasets import load_digits  # noqa: PLC0415  (bundled: no download)
+    bunch = load_digits()
+    scale = image_size // 8
+    if scale * 8 != image_size:
+        raise ValueError(f"config.model.image_size={image_size} must be a multiple of 8")
+    images = np.kron(bunch.images / 16.0, np.ones((1, scale, scale)))  # nearest upsampling
+    images = np.repeat(images[..., None], 3, axis=-1).astype(np.float32)
+    return ImageExamples((images - 0.5) / 0.5, bunch.target.astype(np.int32))
 
 
 def read_label_names(path: str) -> list[str]:
@@ -113,12 +160,13 @@ def epoch_batches(examples: Examples, batch_size: int, *, seed: int, epoch: int,
     Full batches only, so every step has the same global batch size.
     """
     order = np.random.default_rng([seed, epoch]).permutation(len(examples))
+    lengths = examples.lengths
     window = batch_size * max(bucket_batches, 1)
     batches = []
     for start in range(0, len(order) - batch_size + 1, window):
         chunk = order[start:start + window]
         chunk = chunk[:len(chunk) - len(chunk) % batch_size]
-        chunk = sorted(chunk, key=lambda i: len(examples.ids[i]))
+        chunk = sorted(chunk, key=lambda i: lengths[i])
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     rng = np.random.default_rng([seed, epoch, 1])
     return [batches[i] for i in rng.permutation(len(batches))]
@@ -141,17 +189,16 @@ def train_batches(examples: Examples, batch_size: int, *, seed: int, start_step:
                                 pad_multiple=pad_multiple, bucket_batches=bucket_batches,
                                 pad_id=pad_id)
         for index in batches[offset:]:
-            yield _pad_batch(examples, index, batch_size, pad_multiple, pad_id)
+            yield examples.batch(index, batch_size, pad_multiple, pad_id)
         epoch, offset = epoch + 1, 0
 
 
 def eval_batches(examples: Examples, batch_size: int, *, pad_multiple: int, pad_id: int
                  ) -> Iterator[dict[str, np.ndarray]]:
     """Every example once, sorted by length; the last batch padded with weight-0 rows."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples.ids[i]))
+    order = np.argsort(examples.lengths, kind="stable")
     for start in range(0, len(order), batch_size):
-        yield _pad_batch(examples, order[start:start + batch_size], batch_size, pad_multiple,
-                         pad_id)
+        yield examples.batch(order[start:start + batch_size], batch_size, pad_multiple, pad_id)
 
 
 def synthetic(num_examples: int, vocab_size: int, max_length: int, num_labels: int,

@@ -20,18 +20,25 @@ from lmx import checkpoint, data, metrics, models, optim, peft as peft_lib, repo
 from lmx.train import TRAINABLE_COLLECTIONS, TrainState, eval_step, split, train_step
 
 
+def _carve_validation(examples, config: ml_collections.ConfigDict):
+    train_index, valid_index = data.stratified_split(
+        examples.labels, config.data.validation_fraction, config.data.split_seed)
+    return examples.subset(train_index), examples.subset(valid_index)
+
+
 def load_datasets(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Train / validation / (test) Examples, the label names and the pad id."""
+    """Train / validation / (test) examples, the label names and the pad id."""
     d = config.data
-    if d.kind == "synthetic":
-        num_labels, vocab = 2, 128
-        examples = data.synthetic(512, vocab, d.max_length, num_labels, d.split_seed)
-        train_index, valid_index = data.stratified_split(examples.labels, d.validation_fraction,
-                                                         d.split_seed)
-        return {"train": examples.subset(train_index), "validation": examples.subset(valid_index),
-                "test": None, "label_names": [str(i) for i in range(num_labels)], "pad_id": 0}
+    if d.kind in ("synthetic", "digits"):
+        examples = (data.synthetic(512, 128, d.max_length, 2, d.split_seed) if d.kind == "synthetic"
+                    else data.digits(config.model.image_size))
+        train, validation = _carve_validation(examples, config)
+        names = [str(i) for i in range(int(examples.labels.max()) + 1)]
+        return {"train": train, "validation": validation, "test": None, "label_names": names,
+                "pad_id": 0}
     if d.kind != "csv_classification":
-        raise ValueError(f"config.data.kind={d.kind!r} is not 'csv_classification' or 'synthetic'")
+        raise ValueError(f"config.data.kind={d.kind!r} is not one of "
+                         "'csv_classification', 'synthetic', 'digits'")
     if not config.model.pretrained:
         raise ValueError("config.model.pretrained: a csv_classification task needs a pretrained "
                          "model folder (its tokenizer encodes the text)")
@@ -39,8 +46,7 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, Any]:
     tokenizer = pretrained.load_tokenizer(pretrained.resolve_model_dir(config.model.pretrained))
 
     def read(path):
-        texts, labels = data.read_csv_classification(path, d.text_column, d.label_column)
-        return texts, labels
+        return data.read_csv_classification(path, d.text_column, d.label_column)
 
     texts, label_strings = read(d.train_file)
     names = (data.read_label_names(d.labels_file) if d.labels_file
@@ -54,9 +60,7 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if d.validation_file:
         validation = encode(*read(d.validation_file), d.validation_file)
     else:
-        train_index, valid_index = data.stratified_split(train.labels, d.validation_fraction,
-                                                         d.split_seed)
-        train, validation = train.subset(train_index), train.subset(valid_index)
+        train, validation = _carve_validation(train, config)
     test = encode(*read(d.test_file), d.test_file) if d.test_file else None
     return {"train": train, "validation": validation, "test": test, "label_names": names,
             "pad_id": tokenizer.pad_id}
@@ -152,11 +156,75 @@ class Trainer:
                 "peft": self.config.peft.method}
 
 
-def _fetch(metrics_device: dict, step: int) -> dict[str, float]:
-    values = {k: float(v) for k, v in jax.device_get(metrics_device).items()}
-    if not math.isfinite(values["loss"]):
-        raise FloatingPointError(f"loss is {values['loss']} at step {step}: stopping the run")
-    return values
+class _TrainLog:
+    """Fetches each step's metrics one step late (the device never waits) and averages them."""
+
+    def __init__(self, writer: report.MetricWriter, batch_size: int, start: int):
+        self.writer, self.batch_size, self.start = writer, batch_size, start
+        self.window, self.pending = [], None
+
+    def push(self, metrics_device: dict, step: int) -> None:
+        if self.pending is not None:
+            self.window.append(self._fetch(*self.pending))
+        self.pending = (metrics_device, step)
+
+    @staticmethod
+    def _fetch(metrics_device: dict, step: int) -> dict[str, float]:
+        values = {k: float(v) for k, v in jax.device_get(metrics_device).items()}
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"loss is {values['loss']} at step {step}: stopping the run")
+        return values
+
+    def flush(self, step: int, train_seconds: float) -> dict[str, str]:
+        if self.pending is not None:  # this step's metrics: fetch them now
+            self.window.append(self._fetch(*self.pending))
+            self.pending = None
+        loss = float(np.mean([m["loss"] for m in self.window]))
+        speed = (step - self.start) * self.batch_size / max(train_seconds, 1e-9)
+        self.writer.write(step, "train", {"loss": loss, "examples_per_second": speed,
+                                          "grad_norm": self.window[-1]["grad_norm"]})
+        self.window = []
+        return {"loss": f"{loss:.4f}", "ex_per_s": f"{speed:.1f}"}
+
+
+def _resume(trainer: Trainer, mgr) -> int:
+    restored = checkpoint.restore(mgr, trainer.state, trainer.meta())
+    if restored is not None:
+        trainer.state = jax.device_put(restored, trainer.state_shardings)
+        logging.warning("resumed from %s at step %d", mgr.directory, int(restored.step))
+    return int(jax.device_get(trainer.state.step))
+
+
+def _train(trainer: Trainer, mgr, writer: report.MetricWriter, start: int) -> float:
+    """Runs steps `start..total`; returns the seconds spent training (eval and saves excluded)."""
+    cfg, total = trainer.config.train, trainer.total_steps
+    eval_every = cfg.eval_every or trainer.steps_per_epoch
+    ckpt_every = cfg.checkpoint_every or trainer.steps_per_epoch
+    stream, log = trainer.train_stream(start), _TrainLog(writer, cfg.batch_size, start)
+    train_seconds, tick = 0.0, time.perf_counter()
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    with bar, jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
+        for done in range(start + 1, total + 1):
+            trainer.state, step_metrics = trainer.train_step(
+                trainer.state, trainer.frozen, trainer.device_batch(next(stream)))
+            log.push(step_metrics, done)
+            bar.update(1)
+            if done % cfg.log_every == 0 or done == total:
+                bar.set_postfix(log.flush(done, train_seconds + time.perf_counter() - tick))
+            evaluate = done % eval_every == 0 or done == total
+            save = done % ckpt_every == 0 or done == total
+            if evaluate or save:
+                jax.block_until_ready(trainer.state)
+                train_seconds += time.perf_counter() - tick
+                if evaluate:
+                    scores = trainer.evaluate(trainer.datasets["validation"])
+                    writer.write(done, "validation", scores)
+                    bar.write(f"step {done}: validation " +
+                              " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+                if save:
+                    checkpoint.save(mgr, trainer.state, trainer.meta())
+                tick = time.perf_counter()
+    return train_seconds
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -164,55 +232,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     report.write_json(workdir, "config.json", config.to_dict())
     trainer = Trainer(config, workdir)
-    cfg = config.train
-    mgr = checkpoint.manager(workdir, cfg.max_checkpoints)
-    if cfg.resume:
-        restored = checkpoint.restore(mgr, trainer.state, trainer.meta())
-        if restored is not None:
-            trainer.state = jax.device_put(restored, trainer.state_shardings)
-            logging.info("resumed from step %d", int(restored.step))
+    mgr = checkpoint.manager(workdir, config.train.max_checkpoints)
+    start = _resume(trainer, mgr) if config.train.resume else 0
     writer = report.MetricWriter(workdir)
-    start = int(jax.device_get(trainer.state.step))
-    total = trainer.total_steps
-    eval_every = cfg.eval_every or trainer.steps_per_epoch
-    ckpt_every = cfg.checkpoint_every or trainer.steps_per_epoch
-    stream = trainer.train_stream(start)
-    window, pending, train_seconds = [], None, 0.0
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-    tick = time.perf_counter()
     try:
-        with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
-            for step in range(start, total):
-                trainer.state, step_metrics = trainer.train_step(
-                    trainer.state, trainer.frozen, trainer.device_batch(next(stream)))
-                if pending is not None:  # fetch the previous step's metrics: the device never waits
-                    window.append(_fetch(*pending))
-                pending = (step_metrics, step + 1)
-                bar.update(1)
-                done = step + 1
-                if done % cfg.log_every == 0 or done == total:
-                    window.append(_fetch(*pending))
-                    pending = None
-                    loss = float(np.mean([m["loss"] for m in window]))
-                    elapsed = train_seconds + time.perf_counter() - tick
-                    speed = (done - start) * cfg.batch_size / max(elapsed, 1e-9)
-                    bar.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{speed:.1f}")
-                    writer.write(done, "train", {"loss": loss, "examples_per_second": speed,
-                                                 "grad_norm": window[-1]["grad_norm"]})
-                    window = []
-                if done % eval_every == 0 or done % ckpt_every == 0 or done == total:
-                    jax.block_until_ready(trainer.state)
-                    train_seconds += time.perf_counter() - tick
-                    if done % eval_every == 0 or done == total:
-                        scores = trainer.evaluate(trainer.datasets["validation"])
-                        writer.write(done, "validation", scores)
-                        bar.write(f"step {done}: validation " +
-                                  " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
-                    if done % ckpt_every == 0 or done == total:
-                        checkpoint.save(mgr, trainer.state, trainer.meta())
-                    tick = time.perf_counter()
+        train_seconds = _train(trainer, mgr, writer, start)
     finally:  # a crash still finishes the checkpoints already started
-        bar.close()
         mgr.wait_until_finished()
     return _finish(trainer, writer, workdir, start, train_seconds)
 

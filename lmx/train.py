@@ -98,7 +98,7 @@ def train_step(state: TrainState, frozen: Any, batch: dict, *, model: nn.Module,
         opt_state=opt_state,
         model_state=model_state or state.model_state,
         rng=rng)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     return new_state, metrics
 
 

@@ -170,3 +170,19 @@ def test_run_writes_outputs(tmp_path):
         100 * results["trainable_params"] / results["total_params"])
     assert results["adapter_bytes"] > 0
     assert set(results["validation"]) >= {"accuracy", "macro_f1", "loss"}
+
+
+def test_resnet_lora_through_the_trainer_updates_batch_stats_keeps_base(tmp_path):
+    from experiments import resnet_digits
+    trainer = loop.Trainer(resnet_digits.get_config("runlocal,lora"), str(tmp_path))
+    assert any("lora_a" in p for p in paths.flatten(trainer.state.trainable))
+    frozen_before = jax.tree.map(np.asarray, trainer.frozen)
+    stats_before = jax.tree.map(np.asarray, trainer.state.model_state)
+    assert stats_before["batch_stats"]
+    losses = _steps(trainer, 3)
+    assert np.isfinite(losses).all()
+    for path, before in paths.flatten(stats_before).items():
+        assert not np.array_equal(np.asarray(paths.flatten(trainer.state.model_state)[path]),
+                                  before), path
+    for path, before in paths.flatten(frozen_before).items():
+        np.testing.assert_array_equal(np.asarray(paths.flatten(trainer.frozen)[path]), before)
