@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from lmx import peft as peft_lib, sharding, transformer
+from lmx import peft as peft_lib, resnet, sharding, transformer
 
 NEW_FOR_TASK = ("head",)  # top-level param names a pretrained checkpoint need not have
 
@@ -41,7 +41,6 @@ def _arch_config(config: ml_collections.ConfigDict):
             return cfg, params, str(model_dir)
         return transformer.size(m.size, **overrides), None, ""
     if m.family == "resnet":
-        from lmx import resnet  # noqa: PLC0415
         if m.pretrained:
             raise ValueError("config.model.pretrained: ResNet import is not supported yet")
         return resnet.size(m.size, **overrides), None, ""
@@ -50,7 +49,6 @@ def _arch_config(config: ml_collections.ConfigDict):
 
 def _module(config, cfg, num_labels: int, spec: peft_lib.PeftSpec) -> nn.Module:
     if config.model.family == "resnet":
-        from lmx import resnet  # noqa: PLC0415
         return resnet.ResNet(cfg, num_labels=num_labels, peft=spec)
     return transformer.Transformer(cfg, task=config.model.task, num_labels=num_labels,
                                    pooling=config.model.pooling, peft=spec)
