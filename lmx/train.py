@@ -73,19 +73,27 @@ def classification_loss(logits_BxL: jax.Array, batch: dict) -> tuple[jax.Array, 
                   "count": weights_Bx.sum()}
 
 
-def train_step(state: TrainState, frozen: Any, batch: dict, *, model: nn.Module,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
-    """One optimizer step; gradients are taken with respect to `state.trainable` only."""
-    rng, dropout_rng = jax.random.split(state.rng)
+def trainable_grads(state: TrainState, frozen: Any, batch: dict, rng: jax.Array, *,
+                    model: nn.Module) -> tuple[jax.Array, dict, Any, Any]:
+    """Loss, metrics, new model state and the gradient w.r.t. `state.trainable` only."""
 
     def loss_of(trainable):
         variables = merge(trainable, frozen, state.model_state)
-        logits, model_state = forward(model, variables, batch, train=True, rng=dropout_rng)
+        logits, model_state = forward(model, variables, batch, train=True, rng=rng)
         loss, aux = classification_loss(logits, batch)
         return loss, (aux, model_state)
 
     (loss, (aux, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
         state.trainable)
+    return loss, aux, model_state, grads
+
+
+def train_step(state: TrainState, frozen: Any, batch: dict, *, model: nn.Module,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+    """One optimizer step; frozen weights are never differentiated nor updated."""
+    rng, dropout_rng = jax.random.split(state.rng)
+    loss, aux, model_state, grads = trainable_grads(state, frozen, batch, dropout_rng,
+                                                    model=model)
     # The optimizer sees the full tree; `set_to_zero` drops the frozen part (XLA removes the zeros).
     full_grads = merge(grads, jax.tree.map(jnp.zeros_like, frozen))
     updates, opt_state = tx.update(full_grads, state.opt_state, merge(state.trainable, frozen))
