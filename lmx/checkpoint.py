@@ -6,7 +6,6 @@ folder or seed) on restore. `meta` (JSON) records which base the checkpoint belo
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import jax
 import orbax.checkpoint as ocp

@@ -39,6 +39,30 @@ def add_bias(y_BxO: jax.Array, bias_O: jax.Array) -> jax.Array:
     return y_BxO + bias_O.reshape((1,) * (y_BxO.ndim - 1) + bias_O.shape)
 
 
+@jax.custom_vjp
+def _gelu_erf(x):
+    return nn.gelu(x, approximate=False)
+
+
+def _gelu_erf_fwd(x):
+    return _gelu_erf(x), x
+
+
+def _gelu_erf_bwd(x, g):
+    cdf = 0.5 * (1.0 + jax.lax.erf(x * 0.7071067811865476))
+    pdf = jnp.exp(-0.5 * x * x) * 0.3989422804014327
+    return (jax.lax.optimization_barrier(g * (cdf + x * pdf)),)
+
+
+_gelu_erf.defvjp(_gelu_erf_fwd, _gelu_erf_bwd)
+
+
+def gelu(x: jax.Array, approximate: bool) -> jax.Array:
+    """GELU; the exact (erf) form has an explicit VJP: XLA:CPU fused its autodiff backward
+    badly (a post-LN block's backward measured 96 -> 75 ms with this)."""
+    return nn.gelu(x, approximate=True) if approximate else _gelu_erf(x)
+
+
 def lora_a_init(key, shape, dtype=jnp.float32):
     """Kaiming-uniform with a=sqrt(5) over fan_in, as HF PEFT / torch Linear: U(-1/sqrt(I), 1/sqrt(I))."""
     fan_in = 1
@@ -146,7 +170,7 @@ class Bottleneck(nn.Module):
                                (self.size, width), (ax.RANK, self.feature_axis))
         up_bias_D = _peft_variable(self, "up_bias", nn.initializers.zeros,
                                    (width,), (self.feature_axis,))
-        z_BR = nn.gelu(add_bias(matmul(h_BD, down_DR, self.dtype), down_bias_R), approximate=False)
+        z_BR = gelu(add_bias(matmul(h_BD, down_DR, self.dtype), down_bias_R), approximate=False)
         return h_BD + add_bias(matmul(z_BR, up_RD, self.dtype), up_bias_D)
 
 

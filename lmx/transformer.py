@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lmx import sharding as ax
-from lmx.layers import Bottleneck, Dense, add_bias, layer_norm, matmul, rms_norm
+from lmx.layers import Bottleneck, Dense, add_bias, gelu, layer_norm, matmul, rms_norm
 from lmx.peft import NO_PEFT, PEFT, PeftSpec
 
 TASKS = ("hidden", "mlm", "causal_lm", "sequence_classification", "token_classification")
@@ -95,28 +95,6 @@ def rotary(x_BTNK: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Arra
     sin = jnp.sin(angles_BTk)[:, :, None, :]
     x1, x2 = x_BTNK[..., :half], x_BTNK[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-@jax.custom_vjp
-def _gelu_erf(x):
-    return nn.gelu(x, approximate=False)
-
-
-def _gelu_erf_fwd(x):
-    return _gelu_erf(x), x
-
-
-def _gelu_erf_bwd(x, g):
-    cdf = 0.5 * (1.0 + jax.lax.erf(x * 0.7071067811865476))
-    pdf = jnp.exp(-0.5 * x * x) * 0.3989422804014327
-    return (jax.lax.optimization_barrier(g * (cdf + x * pdf)),)
-
-
-_gelu_erf.defvjp(_gelu_erf_fwd, _gelu_erf_bwd)
-
-
-def gelu(x, approximate: bool):
-    return nn.gelu(x, approximate=True) if approximate else _gelu_erf(x)
 
 
 class Embeddings(nn.Module):
@@ -328,7 +306,7 @@ class Head(nn.Module):
         cfg, dt = self.cfg, self.cfg.compute_dtype
         if self.task == "mlm":
             h_BxD = Dense(cfg.embed_dim, (ax.EMBED, None), dtype=dt, name="transform")(h_BxD)
-            h_BxD = layer_norm("transform_norm", cfg.norm_eps)(nn.gelu(h_BxD, approximate=False))
+            h_BxD = layer_norm("transform_norm", cfg.norm_eps)(gelu(h_BxD, approximate=False))
             bias_V = self.param("bias", nn.with_logical_partitioning(
                 nn.initializers.zeros, (ax.VOCAB,)), (cfg.vocab_size,))
             return add_bias(matmul(h_BxD, table_VD.T, dt), bias_V)

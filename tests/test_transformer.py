@@ -129,3 +129,12 @@ def test_soft_prompt_prepends_learned_tokens():
     assert out.shape == (2, 7, 2)
     moved = {**variables, "peft": jax.tree.map(lambda x: x[::-1], variables["peft"])}
     assert not np.allclose(model.apply(moved, IDS, MASK), out)
+
+
+def test_gelu_explicit_vjp_matches_autodiff():
+    from lmx.layers import gelu
+    x = jnp.linspace(-6.0, 6.0, 1001)
+    np.testing.assert_array_equal(gelu(x, approximate=False), nn.gelu(x, approximate=False))
+    ours = jax.grad(lambda v: (gelu(v, approximate=False) * jnp.cos(v)).sum())(x)
+    reference = jax.grad(lambda v: (nn.gelu(v, approximate=False) * jnp.cos(v)).sum())(x)
+    np.testing.assert_allclose(ours, reference, atol=1e-6)
