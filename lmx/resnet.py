@@ -146,6 +146,7 @@ class ResNet(nn.Module):
             if peft.adapter != "none":
                 x_BHWC = Bottleneck(peft.adapter_size, feature_axis=ax.CONV_OUT,
                                     dtype=cfg.compute_dtype, name=f"adapter_{i}")(x_BHWC)
+        self.sow("intermediates", "features", x_BHWC)  # Grad-CAM's feature map, if mutable
         features_BD = jnp.mean(constrain(x_BHWC), axis=(1, 2))
         return Head(cfg, self.num_labels, name="head")(features_BD)
 

@@ -121,8 +121,9 @@ class Embeddings(nn.Module):
             self.prompt = self.variable(PEFT, "prompt", lambda: init(self.make_rng("params"), shape))
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
-    def __call__(self, ids_BT, token_types_BT, positions_BT, deterministic: bool):
-        x_BTD = self.token(ids_BT)
+    def __call__(self, ids_BT, token_types_BT, positions_BT, deterministic: bool,
+                 embeds_BTD=None):
+        x_BTD = self.token(ids_BT) if embeds_BTD is None else embeds_BTD
         num_prompt = self.peft.num_prompt_tokens
         if num_prompt:
             prompt_PD = self.prompt.value
@@ -167,6 +168,7 @@ class Attention(nn.Module):
         scores_BGQTS = jnp.where(mask_BTS[:, None, None], scores_BGQTS,
                                  jnp.finfo(jnp.float32).min)
         probs_BGQTS = jax.nn.softmax(scores_BGQTS, axis=-1)
+        self.sow("intermediates", "attention_probs", probs_BGQTS)  # kept only if mutable
         probs_BGQTS = nn.Dropout(cfg.attention_dropout_rate)(probs_BGQTS, deterministic=deterministic)
         out_BTGQK = jnp.einsum("bgqts,bsgk->btgqk", probs_BGQTS.astype(dt), v_BTGK.astype(dt),
                                preferred_element_type=jnp.float32)
@@ -244,7 +246,10 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, ids_BT, mask_BT=None, token_types_BT=None, positions_BT=None, *,
-                 deterministic: bool = True):
+                 deterministic: bool = True, embeds_BTD=None):
+        """Logits of the task head; `embeds_BTD` replaces the token embedding lookup of
+        `ids_BT` (attribution methods differentiate through it); positions, token types,
+        the embedding norm and the soft prompt still apply."""
         cfg = self.cfg
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not one of {TASKS}")
@@ -253,7 +258,8 @@ class Transformer(nn.Module):
         token_types_BT = jnp.zeros_like(ids_BT) if token_types_BT is None else token_types_BT
         positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T)) if positions_BT is None else positions_BT
         embeddings = Embeddings(cfg, self.peft, name="embed")
-        x_BTD, positions_BT = embeddings(ids_BT, token_types_BT, positions_BT, deterministic)
+        x_BTD, positions_BT = embeddings(ids_BT, token_types_BT, positions_BT, deterministic,
+                                         embeds_BTD)
         num_prompt = x_BTD.shape[1] - T
         full_mask_BS = jnp.pad(mask_BT, ((0, 0), (num_prompt, 0)), constant_values=True)
         S = x_BTD.shape[1]
