@@ -1,0 +1,146 @@
+"""HuggingFace interop: checkpoints, tokenizers and PEFT adapters in and out of lmx.
+
+    model, variables = lmx.hf.from_pretrained("path/or/hub-id", task="sequence_classification")
+    logits = model.apply(variables, ...)
+    lmx.hf.save_pretrained(model, variables, "out_dir")   # loads in transformers
+
+One family module per HF architecture family (bert.py, gpt2.py, llama.py, vit.py,
+resnet.py), each a rule table over `core.py`'s generic loader; see core.py for the contract.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+
+from lmx.hf import core
+
+FAMILIES = ("bert", "gpt2", "llama", "vit", "resnet")
+
+
+def family_of(hf_config: dict[str, Any]):
+    """The family module that reads this `config.json`; unknown model types are an error."""
+    model_type = hf_config.get("model_type")
+    known = {}
+    for name in FAMILIES:
+        module = importlib.import_module(f"lmx.hf.{name}")
+        known.update({t: module for t in module.MODEL_TYPES})
+    if model_type not in known:
+        raise ValueError(f"model_type={model_type!r} (architectures "
+                         f"{hf_config.get('architectures')}) is not supported; lmx reads "
+                         f"{sorted(known)}")
+    return known[model_type]
+
+
+def family_of_module(module: nn.Module):
+    for name in FAMILIES:
+        family = importlib.import_module(f"lmx.hf.{name}")
+        if family.owns(module):
+            return family
+    raise ValueError(f"no HF family writes a {type(module).__name__}")
+
+
+def task_of(family, hf_config: dict[str, Any], task: str | None) -> str:
+    """`task`, else the one named by the checkpoint's `architectures`, else "hidden"."""
+    if task is not None:
+        return task
+    by_class = {cls: t for t, cls in family.ARCHITECTURES.items()}
+    for architecture in hf_config.get("architectures") or []:
+        if architecture in by_class:
+            return by_class[architecture]
+    return "hidden"
+
+
+def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
+                    num_labels: int | None = None, adapter: str | pathlib.Path | None = None,
+                    **config_overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """An lmx module and its variables (numpy, float32) from a HF folder or hub id.
+
+    Args:
+      path_or_id: a local folder (config.json + safetensors), an installed package that ships
+        one, or a hub id (needs internet).
+      task: lmx task ("hidden", "mlm", "causal_lm", "sequence_classification",
+        "token_classification", "image_classification"); default: from `architectures`.
+      num_labels: classification labels; default from the config's `id2label`.
+      adapter: a PEFT adapter folder to load into the `peft` collection.
+      config_overrides: lmx config fields to replace (e.g. dtype, dropout_rate).
+    """
+    from lmx import pretrained  # noqa: PLC0415
+    model_dir = pretrained.resolve_model_dir(str(path_or_id))
+    hf_config = core.read_config(model_dir)
+    family = family_of(hf_config)
+    task = task_of(family, hf_config, task)
+    peft_spec, adapter_tensors = None, None
+    if adapter is not None:
+        from lmx.hf import adapters  # noqa: PLC0415
+        peft_spec, adapter_tensors = adapters.read(pathlib.Path(adapter), family, hf_config)
+    module = family.build(hf_config, task, num_labels, peft_spec, **config_overrides)
+    tensors = core.read_tensors(model_dir)
+    expected = core.abstract_variables(module, *family.example_inputs(module))
+    rules = family.tensor_map(module)
+    rules = {p: r for p, r in rules.items() if p in expected}
+    head_paths = [p for p in expected if family.is_new_for_task(p)]
+    head_rules = {p: rules.pop(p) for p in head_paths if p in rules}
+    variables = core.load(rules, tensors, expected, str(model_dir))
+    variables = _load_head(variables, head_rules, tensors, expected, module, str(model_dir))
+    if adapter_tensors is not None:
+        from lmx.hf import adapters  # noqa: PLC0415
+        variables["peft"] = adapters.to_lmx(module, family, peft_spec, adapter_tensors,
+                                            expected, str(adapter))
+    core.unused(tensors, str(model_dir))
+    return module, variables
+
+
+def _load_head(variables, head_rules, tensors, expected, module, source):
+    """Task-head tensors when the checkpoint has them; else a fresh init of just the head."""
+    present = {p: r for p, r in head_rules.items() if r.name in tensors}
+    if present and len(present) != len(head_rules):
+        missing = sorted(r.name for p, r in head_rules.items() if p not in present)
+        raise ValueError(f"{source}: task head partially present; missing tensors {missing}")
+    if present:
+        head = core.load(present, tensors, expected, source)
+        return _merge(variables, head)
+    missing = [p for p in expected if p not in _flat(variables) and p.startswith("params/")]
+    if missing:
+        from absl import logging  # noqa: PLC0415
+        import jax  # noqa: PLC0415
+        from flax import traverse_util  # noqa: PLC0415
+        logging.warning("%s: no weights for %s; initialised randomly (seed 0)", source, missing)
+        family = family_of_module(module)
+        fresh = traverse_util.flatten_dict(
+            dict(nn.unbox(module.init(jax.random.key(0), *family.example_inputs(module)))), sep="/")
+        variables = _merge(variables, traverse_util.unflatten_dict(
+            {p: jax.device_get(fresh[p]) for p in missing}, sep="/"))
+    return variables
+
+
+def _flat(tree):
+    from flax import traverse_util  # noqa: PLC0415
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def _merge(a, b):
+    from flax import traverse_util  # noqa: PLC0415
+    return traverse_util.unflatten_dict({**_flat(a), **_flat(b)}, sep="/")
+
+
+def save_pretrained(module: nn.Module, variables: dict[str, Any],
+                    out_dir: str | pathlib.Path) -> pathlib.Path:
+    """Writes config.json + model.safetensors that `transformers.AutoModelFor...` loads.
+
+    A model with unmerged LoRA weights is refused: merge them first (`lmx.hf.merge_lora`)."""
+    family = family_of_module(module)
+    if variables.get("peft"):
+        raise ValueError("variables carry a `peft` collection; save it with save_adapter, or "
+                         "merge LoRA into the base first (lmx.hf.merge_lora)")
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    expected = core.abstract_variables(module, *family.example_inputs(module))
+    rules = {p: r for p, r in family.tensor_map(module).items() if p in expected}
+    tensors = core.save(rules, variables)
+    core.write_tensors(tensors, out_dir / "model.safetensors")
+    (out_dir / "config.json").write_text(json.dumps(family.to_hf_config(module), indent=2))
+    return out_dir

@@ -1,0 +1,172 @@
+"""HF tensors <-> lmx variables through per-family rule tables; no torch unless a .bin needs it.
+
+A family module (`lmx/hf/bert.py`, `gpt2.py`, `llama.py`, `vit.py`, `resnet.py`) exposes
+
+  MODEL_TYPES: tuple[str, ...]            HF `config.json` "model_type" values it reads
+  ARCHITECTURES: dict[str, str]           lmx task -> HF class name (read and written)
+  build(hf_config, task, num_labels, peft_spec, **overrides) -> nn.Module
+                                          num_labels None: from id2label; peft_spec None: none
+  example_inputs(module) -> tuple         dummy positional inputs for module.init
+  tensor_map(module) -> dict[str, Rule]   "collection/module/.../leaf" -> HF tensor
+  is_new_for_task(path) -> bool           task-head leaves (random init when absent)
+  owns(module) -> bool                    this family writes this lmx module
+  to_hf_config(module) -> dict            config.json for save_pretrained
+
+and this file turns a folder of tensors into variables and back, with one error that lists
+every missing tensor and every shape mismatch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import traverse_util
+from safetensors.numpy import load_file, save_file
+
+KINDS = ("copy", "linear", "conv")
+_BUFFERS = (".position_ids", ".num_batches_tracked", "rotary_emb.inv_freq", ".masked_bias",
+            ".attn.bias")  # saved by some versions; not weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Where an lmx leaf lives in a HF checkpoint.
+
+    kind: "copy"; "linear" (torch Linear stores (O, I), lmx (I, O): transposed); "conv"
+      (torch OIHW, lmx HWIO).
+    part: (i, n) when the HF tensor fuses n lmx leaves along its last (lmx) axis, e.g. GPT-2's
+      c_attn holds query, key, value; the leaf is the i-th of n equal chunks.
+    """
+    name: str
+    kind: str = "copy"
+    part: tuple[int, int] | None = None
+
+
+def to_lmx(array: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "linear":
+        return array.T
+    if kind == "conv":
+        return array.transpose(2, 3, 1, 0)
+    return array
+
+
+def to_hf(array: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "linear":
+        return array.T
+    if kind == "conv":
+        return array.transpose(3, 2, 0, 1)
+    return array
+
+
+def read_tensors(model_dir: pathlib.Path, filename: str = "model") -> dict[str, np.ndarray]:
+    """All tensors of `{filename}*.safetensors` (sharded or not); else `{filename}.bin`-style
+    torch files through `torch.load(weights_only=True)` when torch is installed."""
+    files = sorted(model_dir.glob(f"{filename}*.safetensors"))
+    tensors: dict[str, np.ndarray] = {}
+    for file in files:
+        tensors.update(load_file(str(file)))
+    if files:
+        return tensors
+    bins = sorted(model_dir.glob("pytorch_model*.bin" if filename == "model" else f"{filename}*.bin"))
+    if not bins:
+        raise FileNotFoundError(f"no {filename}*.safetensors (nor a torch .bin) in {model_dir}")
+    try:
+        import torch  # noqa: PLC0415  (optional: only .bin checkpoints need it)
+    except ImportError as error:
+        raise ImportError(f"{bins[0]} is a torch file and torch is not installed; convert it to "
+                          "safetensors or install torch") from error
+    for file in bins:  # weights_only: tensors and plain containers, never arbitrary objects
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        tensors.update({k: v.float().numpy() if v.is_floating_point() else v.numpy()
+                        for k, v in state.items()})
+    return tensors
+
+
+def write_tensors(tensors: dict[str, np.ndarray], path: pathlib.Path,
+                  metadata: dict[str, str] | None = None) -> None:
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
+              metadata=metadata or {"format": "pt"})
+
+
+def abstract_variables(module: nn.Module, *inputs: Any) -> dict[str, Any]:
+    """Flat `collection/path -> ShapeDtypeStruct` of the module's variables (no compute)."""
+    shapes = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), *inputs)))
+    return traverse_util.flatten_dict(dict(shapes), sep="/")
+
+
+def load(rules: dict[str, Rule], tensors: dict[str, np.ndarray],
+         expected: dict[str, Any], source: str) -> dict[str, Any]:
+    """Nested variables for every `expected` leaf that has a rule, from HF `tensors`.
+
+    Consumed tensors are removed from `tensors`; what remains is the caller's to report.
+    Raises ValueError listing all missing HF tensors and all shape mismatches at once.
+    """
+    flat, missing, mismatched, used = {}, [], [], set()
+    for path, rule in rules.items():
+        if path not in expected:
+            raise KeyError(f"rule for {path!r}, which the lmx module does not have")
+        if rule.name not in tensors:
+            missing.append(rule.name)
+            continue
+        array = to_lmx(np.asarray(tensors[rule.name]), rule.kind)
+        used.add(rule.name)
+        if rule.part is not None:
+            i, n = rule.part
+            array = np.split(array, n, axis=-1)[i]
+        shape = tuple(expected[path].shape)
+        if array.shape != shape:
+            mismatched.append(f"{rule.name} -> {path}: checkpoint gives {array.shape}, "
+                              f"lmx expects {shape}")
+            continue
+        flat[path] = np.ascontiguousarray(array, dtype=np.dtype(expected[path].dtype))
+    if missing or mismatched:
+        raise ValueError(f"{source} does not fit lmx:\n  missing tensors: {sorted(missing)}\n"
+                         f"  shape mismatches: {mismatched}")
+    for name in used:
+        tensors.pop(name)
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def unused(tensors: dict[str, np.ndarray], source: str) -> list[str]:
+    """Warns about (and returns) tensors no rule consumed, ignoring known buffers."""
+    left = sorted(k for k in tensors if not k.endswith(_BUFFERS))
+    if left:
+        logging.warning("%s: %d tensors not loaded: %s", source, len(left), left)
+    return left
+
+
+def save(rules: dict[str, Rule], variables: dict[str, Any]) -> dict[str, np.ndarray]:
+    """HF tensors from lmx variables (fused tensors re-assembled from their parts)."""
+    flat = traverse_util.flatten_dict(jax.device_get(dict(variables)), sep="/")
+    parts: dict[str, dict[int, np.ndarray]] = {}
+    tensors: dict[str, np.ndarray] = {}
+    for path, rule in rules.items():
+        if path not in flat:
+            raise KeyError(f"lmx variables lack {path!r} (needed for {rule.name})")
+        array = np.asarray(flat[path], np.float32) if jnp.issubdtype(
+            flat[path].dtype, jnp.floating) else np.asarray(flat[path])
+        if rule.part is None:
+            tensors[rule.name] = to_hf(array, rule.kind)
+        else:
+            parts.setdefault(rule.name, {})[rule.part[0]] = (array, rule)
+    for name, pieces in parts.items():
+        n = next(iter(pieces.values()))[1].part[1]
+        if sorted(pieces) != list(range(n)):
+            raise ValueError(f"{name}: fused from parts {sorted(pieces)} of {n}")
+        joined = np.concatenate([pieces[i][0] for i in range(n)], axis=-1)
+        tensors[name] = to_hf(joined, pieces[0][1].kind)
+    return tensors
+
+
+def read_config(model_dir: pathlib.Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return json.loads(path.read_text())
