@@ -22,11 +22,14 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
     c.peft = ml_collections.ConfigDict(dict(
-        method="lora",  # "full" | "lora" | "houlsby" | "pfeiffer" | "bitfit" | "prompt"
+        # "full" | "lora" | "houlsby" | "pfeiffer" | "bitfit" | "prompt" | "prefix" | "ia3"
+        method="lora",
         lora=dict(rank=8, alpha=16.0, dropout=0.0, rslora=False,
                   targets=(r"params/layer_\d+/attention/(query|value)/kernel",)),
+        ia3=dict(targets=(r"params/layer_\d+/attention/(key|value)/kernel",),
+                 feedforward=(r"params/layer_\d+/mlp/down/kernel",)),
         adapter_size=64,
-        num_prompt_tokens=20,
+        num_prompt_tokens=20,  # soft prompt tokens, or prefix tokens for method "prefix"
         trainable=(),  # regexes over variable paths; () = the method's default
     ))
 

@@ -3,7 +3,8 @@
 Axis legend: B batch, T length, D model width, I/O in/out features, R LoRA rank or
 adapter bottleneck, H/W image height/width, C channels.
 
-LoRA is one explicit computation, `y = x @ W + (alpha / r) * (x @ A) @ B` with `B = 0`
+IA3 multiplies a target's output (or, for feed-forward targets, its input) by a learned
+vector that starts at 1. LoRA is one explicit computation, `y = x @ W + (alpha / r) * (x @ A) @ B` with `B = 0`
 at init (so the output at init equals the base bit for bit). A and B live in the
 `peft` collection at the same module path as W.
 """
@@ -94,12 +95,21 @@ class Dense(nn.Module):
         kernel_IO = self.param(
             "kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
             (in_features, self.features))
+        ia3 = self.peft.ia3_mode(self.scope.path)
+        if ia3 == "input":  # IA3 on a feed-forward down projection scales its input
+            scale_I = _peft_variable(self, "ia3", nn.initializers.ones, (in_features,),
+                                     self.axes[:1])
+            x_BI = x_BI * scale_I.reshape((1,) * (x_BI.ndim - 1) + scale_I.shape)
         y_BO = matmul(x_BI, kernel_IO, self.dtype)
         if self.use_bias:
             bias_O = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
                 (self.features,))
             y_BO = add_bias(y_BO, bias_O)
+        if ia3 == "output":  # ... elsewhere its output, bias included (as HF PEFT)
+            scale_O = _peft_variable(self, "ia3", nn.initializers.ones, (self.features,),
+                                     self.axes[1:])
+            y_BO = y_BO * scale_O.reshape((1,) * (y_BO.ndim - 1) + scale_O.shape)
         if self.peft.is_lora_target(self.scope.path):
             rank = self.peft.lora_rank
             a_IR = _peft_variable(self, "lora_a", lora_a_init, (in_features, rank),

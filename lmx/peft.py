@@ -15,7 +15,7 @@ import ml_collections
 from lmx import paths
 
 PEFT = "peft"  # the variable collection
-METHODS = ("full", "lora", "houlsby", "pfeiffer", "bitfit", "prompt")
+METHODS = ("full", "lora", "houlsby", "pfeiffer", "bitfit", "prompt", "prefix", "ia3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +28,10 @@ class PeftSpec:
     lora_targets: frozenset[str] = frozenset()  # module paths, e.g. "layer_0/attention/query"
     adapter: str = "none"  # "none" | "houlsby" | "pfeiffer"
     adapter_size: int = 64
-    num_prompt_tokens: int = 0
+    num_prompt_tokens: int = 0  # soft prompt tuning: P vectors before the input embeddings
+    num_prefix_tokens: int = 0  # prefix tuning: P key/value vectors per attention layer
+    ia3_targets: frozenset[str] = frozenset()  # IA3: learned scales on these modules' outputs
+    ia3_feedforward: frozenset[str] = frozenset()  # ... or on their inputs (FFN down projections)
 
     @property
     def lora_scale(self) -> float:
@@ -37,6 +40,13 @@ class PeftSpec:
 
     def is_lora_target(self, module_path: tuple[str, ...]) -> bool:
         return self.lora_rank > 0 and "/".join(module_path) in self.lora_targets
+
+    def ia3_mode(self, module_path: tuple[str, ...]) -> str:
+        """"input" or "output" scaling for an IA3 target module, "" when it is none."""
+        path = "/".join(module_path)
+        if path in self.ia3_feedforward:
+            return "input"
+        return "output" if path in self.ia3_targets else ""
 
 
 NO_PEFT = PeftSpec()
@@ -49,6 +59,8 @@ DEFAULT_TRAINABLE = {
         "pfeiffer": (r"peft/.*", r"params/head/.*"),
         "bitfit": (r"params/.*bias", r"params/head/.*"),
         "prompt": (r"peft/.*", r"params/head/.*"),
+        "prefix": (r"peft/.*", r"params/head/.*"),
+        "ia3": (r"peft/.*", r"params/head/.*"),
 }
 
 
@@ -72,6 +84,15 @@ def spec_from_config(peft_config: ml_collections.ConfigDict, base_params: Any) -
         return PeftSpec(adapter=method, adapter_size=peft_config.adapter_size)
     if method == "prompt":
         return PeftSpec(num_prompt_tokens=peft_config.num_prompt_tokens)
+    if method == "prefix":
+        return PeftSpec(num_prefix_tokens=peft_config.num_prompt_tokens)
+    if method == "ia3":
+        def modules(patterns, what):
+            kernels = paths.select(base_params, patterns, what=what) if patterns else []
+            return frozenset(p.split("/", 1)[1].rsplit("/", 1)[0] for p in kernels)
+        feedforward = modules(peft_config.ia3.feedforward, "config.peft.ia3.feedforward")
+        targets = modules(peft_config.ia3.targets, "config.peft.ia3.targets")
+        return PeftSpec(ia3_targets=targets | feedforward, ia3_feedforward=feedforward)
     return NO_PEFT
 
 

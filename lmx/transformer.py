@@ -2,11 +2,17 @@
 
 Axis legend: B batch, T query length, S key length, D model width, N query heads,
 G key/value heads (grouped-query attention), Q = N // G query heads per group,
-K head dim, F mlp hidden, V vocabulary, P prompt tokens, L labels.
+K head dim, F mlp hidden, V vocabulary, P prompt / prefix tokens, L labels,
+C cache length (decoding).
+
+Decoding keeps keys and values in the `cache` collection: `decode="prefill"` writes the
+prompt at the start of the cache, `decode="step"` appends one token per call; the cache
+also records which of its slots hold real (not padding) tokens.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -19,6 +25,8 @@ from lmx.peft import NO_PEFT, PEFT, PeftSpec
 
 TASKS = ("hidden", "mlm", "causal_lm", "sequence_classification", "token_classification")
 POOLINGS = ("cls", "mean", "last")
+DECODE_MODES = ("", "prefill", "step")
+CACHE = "cache"  # the variable collection of decoding state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +43,9 @@ class TransformerConfig:
     num_kv_heads: int = 0  # 0 means num_heads (no grouping)
     type_vocab_size: int = 0  # 0: no token-type embeddings
     positions: str = "learned"  # "learned" | "rope"
+    position_offset: int = 0  # RoBERTa: real tokens count positions from here (pads sit below)
     rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, Any], ...] = ()  # HF rope_parameters as sorted items
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     pre_norm: bool = False  # False: BERT post-LN (with an embedding LayerNorm)
     norm_eps: float = 1e-12
@@ -43,6 +53,8 @@ class TransformerConfig:
     use_bias: bool = True
     tie_embeddings: bool = True
     use_pooler: bool = False  # BERT's tanh pooler on [CLS] before a sequence classifier
+    pooler_activation: str = "tanh"  # "tanh" (BERT, RoBERTa) | "relu" (DistilBERT)
+    classifier_bias: bool = True  # False: GPT-2 / Llama `score` heads
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.1
     dtype: str = "float32"  # matmul input dtype; accumulation is always float32
@@ -86,10 +98,31 @@ def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
     return make(name, cfg.norm_eps)
 
 
-def rotary(x_BTNK: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+def rope_frequencies(head_dim: int, theta: float, scaling: tuple[tuple[str, Any], ...]):
+    """Inverse frequencies (head_dim // 2,) with HF's "default", "linear" or "llama3" scaling."""
+    half = head_dim // 2
+    inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
+    params = dict(scaling)
+    kind = params.get("rope_type", "default")
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / params["factor"]
+    if kind == "llama3":
+        factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+        old_len = params["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return jnp.where(medium, smoothed, scaled)
+    raise ValueError(f"rope_type={kind!r} is not supported (default, linear, llama3)")
+
+
+def rotary(x_BTNK: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array) -> jax.Array:
     """Rotary position embedding, Llama's rotate-half layout."""
     half = x_BTNK.shape[-1] // 2
-    inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
     angles_BTk = positions_BT[..., None].astype(jnp.float32) * inv_freq[None, None]
     cos = jnp.cos(angles_BTk)[:, :, None, :]
     sin = jnp.sin(angles_BTk)[:, :, None, :]
@@ -143,11 +176,17 @@ class Embeddings(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head (grouped-query) attention with an optional PEFT prefix and a decoding cache.
+
+    `mask_BTS` is the full attention mask; when decoding it is None and the mask comes from
+    the cache: slot s is visible to query t if it holds a real token and s <= its position.
+    """
     cfg: TransformerConfig
     peft: PeftSpec = NO_PEFT
 
     @nn.compact
-    def __call__(self, x_BTD, mask_BTS, positions_BT, deterministic: bool):
+    def __call__(self, x_BTD, mask_BTS, mask_BT, positions_BT, deterministic: bool,
+                 decode: str = ""):
         cfg = self.cfg
         B, T, _ = x_BTD.shape
         N, G, K = cfg.num_heads, cfg.kv_heads, cfg.head_dim
@@ -158,23 +197,74 @@ class Attention(nn.Module):
         k_BTGK = dense(G * K, "key")(x_BTD, deterministic).reshape(B, T, G, K)
         v_BTGK = dense(G * K, "value")(x_BTD, deterministic).reshape(B, T, G, K)
         if cfg.positions == "rope":
-            q_BTNK = rotary(q_BTNK, positions_BT, cfg.rope_theta)
-            k_BTGK = rotary(k_BTGK, positions_BT, cfg.rope_theta)
+            inv_freq = rope_frequencies(K, cfg.rope_theta, cfg.rope_scaling)
+            q_BTNK = rotary(q_BTNK, positions_BT, inv_freq)
+            k_BTGK = rotary(k_BTGK, positions_BT, inv_freq)
         q_BTNK = nn.with_logical_constraint(q_BTNK, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.KV))
+        if decode:
+            k_BTGK, v_BTGK, mask_BTS = self._cache(k_BTGK, v_BTGK, mask_BT, decode)
+        if self.peft.num_prefix_tokens:
+            k_BTGK, v_BTGK, mask_BTS = self._prefix(k_BTGK, v_BTGK, mask_BTS)
+        out_BTF = self._attend(q_BTNK, k_BTGK, v_BTGK, mask_BTS, deterministic)
+        return Dense(cfg.embed_dim, (ax.HEADS, ax.EMBED), cfg.use_bias, cfg.compute_dtype,
+                     peft=self.peft, name="out")(out_BTF, deterministic)
+
+    def _attend(self, q_BTNK, k_BSGK, v_BSGK, mask_BTS, deterministic):
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        B, T, N, K = q_BTNK.shape
+        G = k_BSGK.shape[2]
         q_BTGQK = q_BTNK.reshape(B, T, G, N // G, K)
-        dt = cfg.compute_dtype
-        scores_BGQTS = jnp.einsum("btgqk,bsgk->bgqts", q_BTGQK.astype(dt), k_BTGK.astype(dt),
+        scores_BGQTS = jnp.einsum("btgqk,bsgk->bgqts", q_BTGQK.astype(dt), k_BSGK.astype(dt),
                                   preferred_element_type=jnp.float32) * K ** -0.5
         scores_BGQTS = jnp.where(mask_BTS[:, None, None], scores_BGQTS,
                                  jnp.finfo(jnp.float32).min)
         probs_BGQTS = jax.nn.softmax(scores_BGQTS, axis=-1)
         self.sow("intermediates", "attention_probs", probs_BGQTS)  # kept only if mutable
         probs_BGQTS = nn.Dropout(cfg.attention_dropout_rate)(probs_BGQTS, deterministic=deterministic)
-        out_BTGQK = jnp.einsum("bgqts,bsgk->btgqk", probs_BGQTS.astype(dt), v_BTGK.astype(dt),
+        out_BTGQK = jnp.einsum("bgqts,bsgk->btgqk", probs_BGQTS.astype(dt), v_BSGK.astype(dt),
                                preferred_element_type=jnp.float32)
-        out_BTF = out_BTGQK.reshape(B, T, N * K)
-        return Dense(cfg.embed_dim, (ax.HEADS, ax.EMBED), cfg.use_bias, dt, peft=self.peft,
-                     name="out")(out_BTF, deterministic)
+        return out_BTGQK.reshape(B, T, N * K)
+
+    def _prefix(self, k_BSGK, v_BSGK, mask_BTS):
+        """Prefix tuning: P learned key/value vectors per layer in front of the keys (no
+        position encoding: they are what a cache would hold), visible to every query."""
+        B, _, G, K = k_BSGK.shape
+        P = self.peft.num_prefix_tokens
+        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.RANK, ax.HEADS, ax.KV))
+        key_PGK = self.variable(PEFT, "prefix_key", lambda: init(self.make_rng("params"), (P, G, K)))
+        value_PGK = self.variable(PEFT, "prefix_value",
+                                  lambda: init(self.make_rng("params"), (P, G, K)))
+        expand = lambda x_PGK: jnp.broadcast_to(x_PGK, (B, P, G, K)).astype(k_BSGK.dtype)
+        k_BSGK = jnp.concatenate([expand(key_PGK.value), k_BSGK], axis=1)
+        v_BSGK = jnp.concatenate([expand(value_PGK.value), v_BSGK], axis=1)
+        mask_BTS = jnp.pad(mask_BTS, ((0, 0), (0, 0), (P, 0)), constant_values=True)
+        return k_BSGK, v_BSGK, mask_BTS
+
+    def _cache(self, k_BTGK, v_BTGK, mask_BT, decode):
+        """Writes this call's keys / values at the cache index; returns the whole cache and mask."""
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}")
+        B, T, G, K = k_BTGK.shape
+        C = self.cfg.max_len
+        zeros = lambda shape, dtype: lambda: jnp.zeros(shape, dtype)
+        key_BCGK = self.variable(CACHE, "key", zeros((B, C, G, K), jnp.float32))
+        value_BCGK = self.variable(CACHE, "value", zeros((B, C, G, K), jnp.float32))
+        mask_BC = self.variable(CACHE, "mask", zeros((B, C), bool))
+        index = self.variable(CACHE, "index", zeros((), jnp.int32))
+        if self.is_initializing():
+            return k_BTGK, v_BTGK, jnp.ones((B, T, T), bool)
+        i = index.value
+        kv_axes = (ax.BATCH, ax.LENGTH, ax.HEADS, ax.KV)
+        write = lambda cache, new: nn.with_logical_constraint(
+            jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, i, 0, 0)), kv_axes)
+        key_BCGK.value = write(key_BCGK.value, k_BTGK)
+        value_BCGK.value = write(value_BCGK.value, v_BTGK)
+        mask_BC.value = jax.lax.dynamic_update_slice(mask_BC.value, mask_BT.astype(bool), (0, i))
+        index.value = i + T
+        slot_C = jnp.arange(C)
+        causal_TC = slot_C[None, :] <= (i + jnp.arange(T))[:, None]
+        mask_BTC = mask_BC.value[:, None, :] & causal_TC[None]
+        return key_BCGK.value, value_BCGK.value, mask_BTC
 
 
 class Mlp(nn.Module):
@@ -202,7 +292,8 @@ class Block(nn.Module):
     peft: PeftSpec = NO_PEFT
 
     @nn.compact
-    def __call__(self, x_BTD, mask_BTS, positions_BT, deterministic: bool):
+    def __call__(self, x_BTD, mask_BTS, positions_BT, deterministic: bool, mask_BT=None,
+                 decode: str = ""):
         cfg, peft = self.cfg, self.peft
         drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         attention = Attention(cfg, peft, name="attention")
@@ -217,13 +308,13 @@ class Block(nn.Module):
             return Bottleneck(peft.adapter_size, dtype=cfg.compute_dtype,
                               name=f"adapter_{where}")(h_BTD)
 
+        attend = lambda h_BTD: attention(h_BTD, mask_BTS, mask_BT, positions_BT, deterministic,
+                                         decode)
         if cfg.pre_norm:
-            x_BTD = x_BTD + drop(adapt(attention(attention_norm(x_BTD), mask_BTS, positions_BT,
-                                                 deterministic), "attention"))
+            x_BTD = x_BTD + drop(adapt(attend(attention_norm(x_BTD)), "attention"))
             x_BTD = x_BTD + drop(adapt(mlp(mlp_norm(x_BTD), deterministic), "mlp"))
         else:
-            x_BTD = attention_norm(x_BTD + adapt(drop(
-                attention(x_BTD, mask_BTS, positions_BT, deterministic)), "attention"))
+            x_BTD = attention_norm(x_BTD + adapt(drop(attend(x_BTD)), "attention"))
             x_BTD = mlp_norm(x_BTD + adapt(drop(mlp(x_BTD, deterministic)), "mlp"))
         return nn.with_logical_constraint(x_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
 
@@ -246,18 +337,29 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, ids_BT, mask_BT=None, token_types_BT=None, positions_BT=None, *,
-                 deterministic: bool = True, embeds_BTD=None):
-        """Logits of the task head; `embeds_BTD` replaces the token embedding lookup of
-        `ids_BT` (attribution methods differentiate through it); positions, token types,
-        the embedding norm and the soft prompt still apply."""
+                 deterministic: bool = True, embeds_BTD=None, decode: str = ""):
+        """Logits of the task head (or the last hidden states for task "hidden").
+
+        Args:
+          ids_BT: token ids; mask_BT: 1 for real tokens (default all); token_types_BT
+            (default 0); positions_BT (default: 0.. per row, or RoBERTa's offsets).
+          embeds_BTD: replaces the token embedding lookup of `ids_BT` (attribution methods
+            differentiate through it); positions, token types, the embedding norm and the
+            soft prompt still apply.
+          decode: "" (no cache), "prefill" (write the prompt to the `cache` collection) or
+            "step" (append these tokens); the cache must be mutable; positions are required.
+        """
         cfg = self.cfg
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not one of {TASKS}")
         B, T = ids_BT.shape
         mask_BT = jnp.ones((B, T), bool) if mask_BT is None else mask_BT.astype(bool)
         token_types_BT = jnp.zeros_like(ids_BT) if token_types_BT is None else token_types_BT
-        positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T)) if positions_BT is None else positions_BT
-        embeddings = Embeddings(cfg, self.peft, name="embed")
+        if positions_BT is None:
+            positions_BT = self._default_positions(mask_BT, decode)
+        prompted = self.peft.num_prompt_tokens and decode != "step"
+        embeddings = Embeddings(cfg, self.peft if prompted else dataclasses.replace(
+            self.peft, num_prompt_tokens=0), name="embed")
         x_BTD, positions_BT = embeddings(ids_BT, token_types_BT, positions_BT, deterministic,
                                          embeds_BTD)
         num_prompt = x_BTD.shape[1] - T
@@ -269,7 +371,8 @@ class Transformer(nn.Module):
         x_BTD = nn.with_logical_constraint(x_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
         for i in range(cfg.num_layers):
             x_BTD = Block(cfg, self.peft, name=f"layer_{i}")(
-                x_BTD, mask_BTS, positions_BT, deterministic)
+                x_BTD, None if decode else mask_BTS, positions_BT, deterministic,
+                full_mask_BS, decode)
         if cfg.pre_norm:
             x_BTD = _norm(cfg, "final_norm")(x_BTD)
         x_BTD = x_BTD[:, num_prompt:]  # drop the soft prompt's positions
@@ -279,6 +382,17 @@ class Transformer(nn.Module):
             x_BTD = self._pool(x_BTD, mask_BT)
         table_VD = embeddings.token.embedding
         return Head(cfg, self.task, self.num_labels, name="head")(x_BTD, table_VD, deterministic)
+
+    def _default_positions(self, mask_BT, decode):
+        B, T = mask_BT.shape
+        if decode:
+            raise ValueError("decoding needs explicit positions_BT (see lmx.generate)")
+        if self.cfg.position_offset:  # RoBERTa: cumsum over real tokens, pads at offset - 1
+            real_BT = mask_BT.astype(jnp.int32)
+            return jnp.cumsum(real_BT, axis=1) * real_BT + self.cfg.position_offset - 1
+        # a PEFT prefix occupies positions 0..P-1 as a cache would (HF semantics)
+        start = self.peft.num_prefix_tokens
+        return jnp.broadcast_to(jnp.arange(start, start + T), (B, T))
 
     def _pool(self, h_BTD, mask_BT):
         """Sequence pooling (and BERT's pretrained tanh pooler): returns a length-1 sequence."""
@@ -295,9 +409,10 @@ class Transformer(nn.Module):
         else:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}")
         if cfg.use_pooler:
-            pooled_BD = jnp.tanh(Dense(cfg.embed_dim, (ax.EMBED, None),
-                                       dtype=cfg.compute_dtype, peft=self.peft,
-                                       name="pooler")(pooled_BD))
+            activation = {"tanh": jnp.tanh, "relu": nn.relu}[cfg.pooler_activation]
+            pooled_BD = activation(Dense(cfg.embed_dim, (ax.EMBED, None),
+                                         dtype=cfg.compute_dtype, peft=self.peft,
+                                         name="pooler")(pooled_BD))
         return pooled_BD
 
 
@@ -323,7 +438,9 @@ class Head(nn.Module):
                          name="lm")(h_BxD)
         # sequence (already pooled) or token classification
         h_BxD = nn.Dropout(cfg.dropout_rate)(h_BxD, deterministic=deterministic)
-        return Dense(self.num_labels, (ax.EMBED, None), dtype=dt, name="classifier")(h_BxD)
+        use_bias = cfg.classifier_bias or self.task == "token_classification"
+        return Dense(self.num_labels, (ax.EMBED, None), use_bias=use_bias, dtype=dt,
+                     name="classifier")(h_BxD)
 
 
 def size(name: str, **overrides: Any) -> TransformerConfig:
