@@ -403,8 +403,8 @@ class Transformer(nn.Module):
                          / jnp.maximum(weights_BT.sum(-1, keepdims=True), 1.0))
         elif self.pooling == "cls":
             pooled_BD = h_BTD[:, 0]
-        elif self.pooling == "last":  # decoders: the last non-padding token (right padding)
-            last_B = jnp.maximum(mask_BT.sum(-1) - 1, 0)
+        elif self.pooling == "last":  # decoders: the rightmost real token (either padding side)
+            last_B = jnp.argmax(jnp.arange(mask_BT.shape[1])[None, :] * mask_BT, axis=-1)
             pooled_BD = jnp.take_along_axis(h_BTD, last_B[:, None, None], axis=1)[:, 0]
         else:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}")

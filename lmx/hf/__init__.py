@@ -15,6 +15,10 @@ import pathlib
 from typing import Any
 
 import flax.linen as nn
+import jax
+import numpy as np
+from absl import logging
+from flax import traverse_util
 
 from lmx.hf import core
 
@@ -78,12 +82,10 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
         from lmx.hf import adapters  # noqa: PLC0415
         peft_spec, adapter_tensors = adapters.read(pathlib.Path(adapter), family, hf_config)
     module = family.build(hf_config, task, num_labels, peft_spec, **config_overrides)
-    tensors = core.read_tensors(model_dir)
+    tensors = _read_hook(family, module, core.read_tensors(model_dir))
     expected = core.abstract_variables(module, *family.example_inputs(module))
-    rules = family.tensor_map(module)
-    rules = {p: r for p, r in rules.items() if p in expected}
-    head_paths = [p for p in expected if family.is_new_for_task(p)]
-    head_rules = {p: rules.pop(p) for p in head_paths if p in rules}
+    rules = {p: r for p, r in family.tensor_map(module).items() if p in expected}
+    head_rules = {p: rules.pop(p) for p in list(rules) if family.is_new_for_task(p)}
     variables = core.load(rules, tensors, expected, str(model_dir))
     variables = _load_head(variables, head_rules, tensors, expected, module, str(model_dir))
     if adapter_tensors is not None:
@@ -94,36 +96,42 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
     return module, variables
 
 
+def _read_hook(family, module, tensors):
+    hook = getattr(family, "read_hook", None)
+    return hook(tensors, module) if hook else tensors
+
+
 def _load_head(variables, head_rules, tensors, expected, module, source):
-    """Task-head tensors when the checkpoint has them; else a fresh init of just the head."""
-    present = {p: r for p, r in head_rules.items() if r.name in tensors}
-    if present and len(present) != len(head_rules):
-        missing = sorted(r.name for p, r in head_rules.items() if p not in present)
-        raise ValueError(f"{source}: task head partially present; missing tensors {missing}")
-    if present:
-        head = core.load(present, tensors, expected, source)
-        return _merge(variables, head)
-    missing = [p for p in expected if p not in _flat(variables) and p.startswith("params/")]
+    """Task-head modules the checkpoint has are loaded; the others are initialised (seed 0),
+    as transformers does; a module with only some of its tensors is an error."""
+    modules: dict[str, dict] = {}
+    for path, rule in head_rules.items():
+        modules.setdefault(path.rsplit("/", 1)[0], {})[path] = rule
+    present = {}
+    for name, group in modules.items():
+        found = [r.name for r in group.values() if r.name in tensors]
+        if found and len(found) != len(group):
+            raise ValueError(f"{source}: {name} is partly in the checkpoint: has {found}, lacks "
+                             f"{sorted(r.name for r in group.values() if r.name not in tensors)}")
+        if found:
+            present |= group
+    variables = _merge(variables, core.load(present, tensors, expected, source))
+    flat = _flat(variables)
+    missing = [p for p in expected if p not in flat and p.startswith("params/")]
     if missing:
-        from absl import logging  # noqa: PLC0415
-        import jax  # noqa: PLC0415
-        from flax import traverse_util  # noqa: PLC0415
         logging.warning("%s: no weights for %s; initialised randomly (seed 0)", source, missing)
         family = family_of_module(module)
-        fresh = traverse_util.flatten_dict(
-            dict(nn.unbox(module.init(jax.random.key(0), *family.example_inputs(module)))), sep="/")
-        variables = _merge(variables, traverse_util.unflatten_dict(
-            {p: jax.device_get(fresh[p]) for p in missing}, sep="/"))
+        fresh = _flat(dict(nn.unbox(module.init(jax.random.key(0),
+                                                *family.example_inputs(module)))))
+        variables = _merge(variables, {p: np.asarray(fresh[p]) for p in missing})
     return variables
 
 
 def _flat(tree):
-    from flax import traverse_util  # noqa: PLC0415
     return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _merge(a, b):
-    from flax import traverse_util  # noqa: PLC0415
     return traverse_util.unflatten_dict({**_flat(a), **_flat(b)}, sep="/")
 
 
@@ -141,6 +149,8 @@ def save_pretrained(module: nn.Module, variables: dict[str, Any],
     expected = core.abstract_variables(module, *family.example_inputs(module))
     rules = {p: r for p, r in family.tensor_map(module).items() if p in expected}
     tensors = core.save(rules, variables)
+    hook = getattr(family, "write_hook", None)
+    tensors = hook(tensors, module) if hook else tensors
     core.write_tensors(tensors, out_dir / "model.safetensors")
     (out_dir / "config.json").write_text(json.dumps(family.to_hf_config(module), indent=2))
     return out_dir

@@ -30,6 +30,8 @@ from absl import logging
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from lmx.transformer import Transformer
+
 KINDS = ("copy", "linear", "conv")
 _BUFFERS = (".position_ids", ".num_batches_tracked", "rotary_emb.inv_freq", ".masked_bias",
             ".attn.bias")  # saved by some versions; not weights
@@ -47,6 +49,43 @@ class Rule:
     name: str
     kind: str = "copy"
     part: tuple[int, int] | None = None
+
+
+class HFTransformer(Transformer):
+    """A Transformer that remembers its HF model type and config fields for save_pretrained."""
+    model_type: str = ""
+    hf_extra: tuple[tuple[str, Any], ...] = ()
+
+
+def hashable(value):
+    """Dicts (e.g. id2label) as sorted item tuples, so a module attribute stays hashable."""
+    return tuple(sorted(value.items())) if isinstance(value, dict) else value
+
+
+def linear(lmx_module: str, hf_module: str, bias: bool = True,
+           kind: str = "linear") -> dict[str, Rule]:
+    """Rules for a Dense (kernel + bias) from a torch Linear (kind "copy": GPT-2's Conv1D)."""
+    rules = {f"params/{lmx_module}/kernel": Rule(f"{hf_module}.weight", kind)}
+    if bias:
+        rules[f"params/{lmx_module}/bias"] = Rule(f"{hf_module}.bias")
+    return rules
+
+
+def norm(lmx_module: str, hf_module: str, bias: bool = True) -> dict[str, Rule]:
+    rules = {f"params/{lmx_module}/scale": Rule(f"{hf_module}.weight")}
+    if bias:
+        rules[f"params/{lmx_module}/bias"] = Rule(f"{hf_module}.bias")
+    return rules
+
+
+def label_fields(hf: dict[str, Any], module) -> dict[str, Any]:
+    """id2label / label2id consistent with the module's number of labels."""
+    if module.task not in ("sequence_classification", "token_classification"):
+        return hf
+    id2label = {str(k): v for k, v in (hf.get("id2label") or {}).items()}
+    if len(id2label) != module.num_labels:
+        id2label = {str(i): f"LABEL_{i}" for i in range(module.num_labels)}
+    return hf | {"id2label": id2label, "label2id": {v: int(k) for k, v in id2label.items()}}
 
 
 def to_lmx(array: np.ndarray, kind: str) -> np.ndarray:

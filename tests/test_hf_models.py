@@ -1,0 +1,139 @@
+"""lmx.hf.from_pretrained / save_pretrained against transformers, on random tiny models.
+
+Each reference model is built locally from a small config (seeded), saved as safetensors
+and loaded by lmx; logits must agree within 1e-5 (max abs, float32) on a padded batch.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import lmx.hf
+from lmx.hf import core
+
+TOL = 1e-5
+VOCAB = 99
+_TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=37, max_position_embeddings=64)
+CONFIGS = {
+    "bert": lambda: transformers.BertConfig(**_TINY, type_vocab_size=2),
+    "roberta": lambda: transformers.RobertaConfig(**{**_TINY, "max_position_embeddings": 66},
+                                                  type_vocab_size=1, pad_token_id=1),
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
+                                            n_positions=64, pad_token_id=0),
+    "llama": lambda: transformers.LlamaConfig(**_TINY, num_key_value_heads=2, pad_token_id=0,
+                                              tie_word_embeddings=False),
+    "llama3-rope": lambda: transformers.LlamaConfig(
+        **_TINY, num_key_value_heads=1, pad_token_id=0, tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0,
+                             low_freq_factor=1.0, high_freq_factor=4.0,
+                             original_max_position_embeddings=16)),
+}
+HEADS = {
+    "hidden": transformers.AutoModel,
+    "mlm": transformers.AutoModelForMaskedLM,
+    "causal_lm": transformers.AutoModelForCausalLM,
+    "sequence_classification": transformers.AutoModelForSequenceClassification,
+    "token_classification": transformers.AutoModelForTokenClassification,
+}
+CASES = [("bert", t) for t in ("hidden", "mlm", "sequence_classification", "token_classification")]
+CASES += [("roberta", t) for t in ("hidden", "mlm", "sequence_classification",
+                                   "token_classification")]
+CASES += [(f, t) for f in ("gpt2", "llama") for t in ("hidden", "causal_lm",
+                                                      "sequence_classification",
+                                                      "token_classification")]
+CASES += [("llama3-rope", "causal_lm")]
+
+
+def reference(family: str, task: str, folder, seed: int = 0):
+    torch.manual_seed(seed)
+    config = CONFIGS[family]()
+    config.num_labels = 3
+    model = HEADS[task].from_config(config).eval()
+    with torch.no_grad():  # random biases / norms so that every tensor matters
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name.lower():
+                param.add_(torch.randn_like(param) * 0.1)
+    model.save_pretrained(folder)
+    return model
+
+
+def batch(family: str, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    ids_BT = rng.integers(3, VOCAB, (3, 9)).astype(np.int32)
+    mask_BT = np.ones_like(ids_BT)
+    mask_BT[1, 6:] = 0  # right padding in the batch
+    mask_BT[2, 3:] = 0
+    pad = 1 if family == "roberta" else 0
+    ids_BT = np.where(mask_BT == 1, ids_BT, pad).astype(np.int32)
+    types_BT = np.zeros_like(ids_BT)
+    if family == "bert":
+        types_BT[:, 4:] = 1
+    return ids_BT, mask_BT, types_BT
+
+
+def hf_outputs(model, task, ids_BT, mask_BT, types_BT):
+    kwargs = dict(input_ids=torch.tensor(ids_BT, dtype=torch.long),
+                  attention_mask=torch.tensor(mask_BT, dtype=torch.long))
+    if types_BT.any():
+        kwargs["token_type_ids"] = torch.tensor(types_BT, dtype=torch.long)
+    with torch.no_grad():
+        out = model(**kwargs)
+    return (out.last_hidden_state if task == "hidden" else out.logits).numpy()
+
+
+def max_error(expected, actual, mask_BT, task):
+    if task == "sequence_classification":
+        return float(np.abs(expected - actual).max())
+    real = mask_BT.astype(bool)
+    return float(np.abs(expected - actual)[real].max())
+
+
+@pytest.mark.parametrize("family,task", CASES)
+def test_logits_match_transformers(family, task, tmp_path):
+    hf_model = reference(family, task, tmp_path / "hf")
+    ids_BT, mask_BT, types_BT = batch(family)
+    expected = hf_outputs(hf_model, task, ids_BT, mask_BT, types_BT)
+    model, variables = lmx.hf.from_pretrained(tmp_path / "hf")
+    assert model.task == task  # read from config.json's architectures
+    actual = np.asarray(model.apply(variables, ids_BT, mask_BT, types_BT))
+    assert actual.shape == expected.shape
+    error = max_error(expected, actual, mask_BT, task)
+    print(f"{family:12s} {task:24s} max abs error {error:.2e}")
+    assert error <= TOL
+
+    # save_pretrained writes a folder transformers loads to the same outputs
+    lmx.hf.save_pretrained(model, variables, tmp_path / "lmx")
+    reloaded = HEADS[task].from_pretrained(tmp_path / "lmx").eval()
+    again = hf_outputs(reloaded, task, ids_BT, mask_BT, types_BT)
+    assert max_error(expected, again, mask_BT, task) <= TOL
+
+
+def test_missing_and_mismatched_tensors_are_named(tmp_path):
+    reference("bert", "mlm", tmp_path)
+    tensors = core.read_tensors(tmp_path)
+    del tensors["bert.encoder.layer.1.attention.self.key.weight"]
+    tensors["bert.encoder.layer.0.output.dense.bias"] = np.zeros(5, np.float32)
+    core.write_tensors(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError) as error:
+        lmx.hf.from_pretrained(tmp_path)
+    assert "encoder.layer.1.attention.self.key.weight" in str(error.value)
+    assert "encoder.layer.0.output.dense.bias" in str(error.value)
+
+
+def test_unknown_architecture_is_an_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(ValueError, match="mamba"):
+        lmx.hf.from_pretrained(tmp_path)
+
+
+def test_head_initialised_when_checkpoint_has_none(tmp_path):
+    reference("bert", "hidden", tmp_path)  # BertModel: pooler, no classifier
+    model, variables = lmx.hf.from_pretrained(tmp_path, task="sequence_classification",
+                                              num_labels=5)
+    assert variables["params"]["head"]["classifier"]["kernel"].shape == (32, 5)
+    hf = transformers.BertModel.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(variables["params"]["pooler"]["kernel"],
+                                  hf.pooler.dense.weight.detach().numpy().T)
