@@ -65,6 +65,12 @@ def base_config() -> ml_collections.ConfigDict:
         resume=True,
     ))
 
+    c.explain = ml_collections.ConfigDict(dict(
+        num_examples=0,  # > 0: write WORKDIR/explain/ for this many validation examples at the end
+        ig_steps=32,  # integrated-gradients interpolation steps
+        baseline="pad",  # IG / occlusion reference: "zero" | "pad" | "mask"
+    ))
+
     # Mesh axes (name, size); -1 = the rest of the devices.
     c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
     c.sharding = "data_parallel"  # a key of sharding.RULE_PRESETS

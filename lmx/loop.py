@@ -269,6 +269,9 @@ def _finish(trainer: Trainer, writer: report.MetricWriter, workdir: str, start: 
         examples_per_second=trained_examples / train_seconds if train_seconds else 0.0,
         label_names=trainer.datasets["label_names"],
     )
+    if trainer.config.explain.num_examples:  # the explanation report (lmx.explain)
+        from lmx.explain.pipeline import explain_run_end  # noqa: PLC0415
+        results["explain_html"] = explain_run_end(trainer, workdir)
     report.write_json(workdir, "results.json", results)
     report.plot_curves(workdir)
     return results
