@@ -152,11 +152,15 @@ class Head(nn.Module):
 
 
 def size(name: str, **overrides: Any) -> ViTConfig:
-    """A named size from SIZES; overrides replace ViTConfig fields or, failing that, fields
-    of its encoder (e.g. dtype, dropout_rate)."""
+    """A named size from SIZES with field overrides (see `replace`)."""
     if name not in SIZES:
         raise ValueError(f"unknown vit size {name!r}; known: {sorted(SIZES)}")
-    cfg = SIZES[name]
+    return replace(SIZES[name], **overrides)
+
+
+def replace(cfg: ViTConfig, **overrides: Any) -> ViTConfig:
+    """`cfg` with fields replaced: ViTConfig fields by name, any other (e.g. dtype,
+    dropout_rate) on its encoder."""
     own = {f.name for f in dataclasses.fields(ViTConfig)}
     encoder = dataclasses.replace(cfg.encoder, **{k: v for k, v in overrides.items()
                                                   if k not in own})
