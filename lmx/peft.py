@@ -10,7 +10,10 @@ import dataclasses
 import math
 from typing import Any
 
+import flax
+import jax.numpy as jnp
 import ml_collections
+from flax import traverse_util
 
 from lmx import paths
 
@@ -29,6 +32,7 @@ class PeftSpec:
     adapter: str = "none"  # "none" | "houlsby" | "pfeiffer"
     adapter_size: int = 64
     num_prompt_tokens: int = 0  # soft prompt tuning: P vectors before the input embeddings
+    prompt_in_pooling: bool = False  # "cls" pooling takes the first virtual token (as HF PEFT)
     num_prefix_tokens: int = 0  # prefix tuning: P key/value vectors per attention layer
     ia3_targets: frozenset[str] = frozenset()  # IA3: learned scales on these modules' outputs
     ia3_feedforward: frozenset[str] = frozenset()  # ... or on their inputs (FFN down projections)
@@ -101,3 +105,46 @@ def trainable_patterns(peft_config: ml_collections.ConfigDict) -> tuple[str, ...
     if peft_config.trainable:
         return tuple(peft_config.trainable)
     return DEFAULT_TRAINABLE[peft_config.method]
+
+
+def _lora_delta(peft_module: dict, scale: float):
+    """`scale * A @ B` in the kernel's layout (Dense (I, O); Conv (H, W, I, O))."""
+    a, b = peft_module["lora_a"], peft_module["lora_b"]
+    b_RO = b.reshape(b.shape[-2], b.shape[-1])  # a Conv's B is a 1x1 kernel
+    return scale * jnp.einsum("...r,ro->...o", a.astype(jnp.float32), b_RO.astype(jnp.float32))
+
+
+def _fold_lora(variables: dict, spec: PeftSpec, sign: float) -> dict:
+    params = traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]), sep="/")
+    peft = flax.core.unfreeze(variables.get(PEFT, {}))
+    for module_path in sorted(spec.lora_targets):
+        node = peft
+        for name in module_path.split("/"):
+            node = node[name]
+        kernel = params[f"{module_path}/kernel"]
+        params[f"{module_path}/kernel"] = (kernel + sign * _lora_delta(node, spec.lora_scale)
+                                           ).astype(kernel.dtype)
+    return traverse_util.unflatten_dict(params, sep="/")
+
+
+def merge_lora(variables: dict, spec: PeftSpec) -> tuple[dict, PeftSpec]:
+    """Base params with every LoRA update folded in, `W + (alpha / r) A B`, and the spec
+    without LoRA (other PEFT modules stay). The result's outputs equal the unmerged model's."""
+    merged = {**variables, "params": _fold_lora(variables, spec, +1.0)}
+    rest = _without_lora(variables.get(PEFT, {}))
+    merged.pop(PEFT, None)
+    if rest:
+        merged[PEFT] = rest
+    return merged, dataclasses.replace(spec, lora_rank=0, lora_targets=frozenset())
+
+
+def unmerge_lora(merged_variables: dict, lora_variables: dict, spec: PeftSpec) -> dict:
+    """Inverse of merge_lora: subtracts the updates of `lora_variables[PEFT]` (LoRA spec `spec`)."""
+    variables = {**merged_variables, PEFT: lora_variables[PEFT]}
+    return {**variables, "params": _fold_lora(variables, spec, -1.0)}
+
+
+def _without_lora(tree: dict) -> dict:
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(tree))
+    return traverse_util.unflatten_dict({k: v for k, v in flat.items()
+                                         if k[-1] not in ("lora_a", "lora_b")})

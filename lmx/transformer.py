@@ -375,13 +375,20 @@ class Transformer(nn.Module):
                 full_mask_BS, decode)
         if cfg.pre_norm:
             x_BTD = _norm(cfg, "final_norm")(x_BTD)
+        if self.task == "sequence_classification":
+            if self.peft.prompt_in_pooling:
+                return self._classify(self._pool(x_BTD, full_mask_BS), embeddings, deterministic)
+            x_BTD = self._pool(x_BTD[:, num_prompt:], mask_BT)
+            return self._classify(x_BTD, embeddings, deterministic)
         x_BTD = x_BTD[:, num_prompt:]  # drop the soft prompt's positions
         if self.task == "hidden":
             return x_BTD
-        if self.task == "sequence_classification":
-            x_BTD = self._pool(x_BTD, mask_BT)
+        return self._classify(x_BTD, embeddings, deterministic)
+
+    def _classify(self, x_BxD, embeddings, deterministic):
         table_VD = embeddings.token.embedding
-        return Head(cfg, self.task, self.num_labels, name="head")(x_BTD, table_VD, deterministic)
+        return Head(self.cfg, self.task, self.num_labels, name="head")(x_BxD, table_VD,
+                                                                       deterministic)
 
     def _default_positions(self, mask_BT, decode):
         B, T = mask_BT.shape

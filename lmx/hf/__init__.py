@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from lmx.hf import core
+from lmx.hf import adapters, core
 
 FAMILIES = ("bert", "gpt2", "llama", "vit", "resnet")
 
@@ -77,21 +77,20 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
     hf_config = core.read_config(model_dir)
     family = family_of(hf_config)
     task = task_of(family, hf_config, task)
-    peft_spec, adapter_tensors = None, None
+    module = family.build(hf_config, task, num_labels, None, **config_overrides)
+    adapter_data = None
     if adapter is not None:
-        from lmx.hf import adapters  # noqa: PLC0415
-        peft_spec, adapter_tensors = adapters.read(pathlib.Path(adapter), family, hf_config)
-    module = family.build(hf_config, task, num_labels, peft_spec, **config_overrides)
+        peft_spec, adapter_data = adapters.read(pathlib.Path(adapter), family, module)
+        module = module.clone(peft=peft_spec)
     tensors = _read_hook(family, module, core.read_tensors(model_dir))
     expected = core.abstract_variables(module, *family.example_inputs(module))
     rules = {p: r for p, r in family.tensor_map(module).items() if p in expected}
     head_rules = {p: rules.pop(p) for p in list(rules) if family.is_new_for_task(p)}
     variables = core.load(rules, tensors, expected, str(model_dir))
     variables = _load_head(variables, head_rules, tensors, expected, module, str(model_dir))
-    if adapter_tensors is not None:
-        from lmx.hf import adapters  # noqa: PLC0415
-        variables["peft"] = adapters.to_lmx(module, family, peft_spec, adapter_tensors,
-                                            expected, str(adapter))
+    if adapter_data is not None:
+        variables = adapters.apply(variables, module, family, adapter_data, expected,
+                                   str(adapter))
     core.unused(tensors, str(model_dir))
     return module, variables
 
@@ -154,3 +153,13 @@ def save_pretrained(module: nn.Module, variables: dict[str, Any],
     core.write_tensors(tensors, out_dir / "model.safetensors")
     (out_dir / "config.json").write_text(json.dumps(family.to_hf_config(module), indent=2))
     return out_dir
+
+
+def save_adapter(module: nn.Module, variables: dict[str, Any], out_dir: str | pathlib.Path,
+                 base_model_name_or_path: str = "") -> pathlib.Path:
+    """Writes `variables["peft"]` (and any task-head `variables["params"]` given, which
+    become PEFT `modules_to_save`) as a folder `peft.PeftModel.from_pretrained` loads; bottleneck
+    adapters, which PEFT lacks, go in lmx's format (`lmx_adapter.json`), which
+    `from_pretrained(..., adapter=DIR)` reads too. Pass only the trained params."""
+    return adapters.save(module, family_of_module(module), variables, pathlib.Path(out_dir),
+                         base_model_name_or_path)

@@ -20,6 +20,7 @@ ARCHITECTURES = {"hidden": "GPT2Model", "causal_lm": "GPT2LMHeadModel",
                  "sequence_classification": "GPT2ForSequenceClassification",
                  "token_classification": "GPT2ForTokenClassification"}
 PREFIX = "transformer."
+FAN_IN_FAN_OUT = True  # Conv1D weights are (in, out); PEFT's flag for them
 _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 _KEEP = ("bos_token_id", "eos_token_id", "pad_token_id", "id2label", "label2id")
 

@@ -1,0 +1,289 @@
+"""HF PEFT adapter folders <-> lmx `peft` collections: LoRA (incl. rsLoRA), IA3, prompt and
+prefix tuning; bottleneck adapters (which PEFT lacks) in lmx's own format.
+
+A PEFT folder is `adapter_config.json` + `adapter_model.safetensors`. Tensor names are
+`base_model.model.<HF module>.lora_A.weight` (R, I), `.lora_B.weight` (O, R), `.ia3_l`
+((O, 1) on outputs, (1, I) on feed-forward inputs), `prompt_embeddings` (P, D) for prompt
+tuning and (P, L * 2 * G * K) for prefix tuning (per layer: key then value, G kv heads);
+`modules_to_save` (task heads) are full tensors under their HF names.
+
+lmx's format (`lmx_adapter.json` + `adapter_model.safetensors` keyed by lmx variable paths)
+holds any `peft` collection, bottleneck adapters included.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+from lmx.hf import core
+from lmx.peft import NO_PEFT, PeftSpec
+
+PEFT_CONFIG, LMX_CONFIG, WEIGHTS = "adapter_config.json", "lmx_adapter.json", "adapter_model.safetensors"
+TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS",
+              "causal_lm": "CAUSAL_LM", "hidden": "FEATURE_EXTRACTION", "mlm": None}
+HEAD_MODULES = ("classifier", "score")  # PEFT's modules_to_save for classification tasks
+_UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "LoRA biases", "rank_pattern": "rank_pattern",
+                "alpha_pattern": "alpha_pattern", "layers_to_transform": "layers_to_transform",
+                "prefix_projection": "a prefix projection MLP", "trainable_token_indices":
+                "trainable tokens", "layer_replication": "layer replication"}
+
+
+def hf_modules(family, module) -> dict[str, tuple[str, tuple[int, int] | None]]:
+    """lmx module path -> (HF module name as PEFT sees it, fused part) for every Dense."""
+    rules = family.tensor_map(module.clone(peft=NO_PEFT))
+    names = {rule.name: rule.name for rule in rules.values()}
+    hook = getattr(family, "write_hook", None)
+    if hook and module.task != "hidden":
+        names = {old: new for old, new in zip(names, hook(dict(names), module))}
+    return {path.split("/", 1)[1].rsplit("/", 1)[0]:
+            (names[rule.name].removesuffix(".weight"), rule.part)
+            for path, rule in rules.items() if path.endswith("/kernel")}
+
+
+def _matches(hf_name: str, targets) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, hf_name) is not None
+    return any(hf_name == t or hf_name.endswith("." + t) for t in targets or ())
+
+
+def _check_supported(config: dict[str, Any], source: str) -> None:
+    for key, what in _UNSUPPORTED.items():
+        if config.get(key):
+            raise ValueError(f"{source}: {key}={config[key]!r}: {what} is not supported by lmx")
+
+
+def spec_of(config: dict[str, Any], names: dict[str, tuple], source: str) -> PeftSpec:
+    """The PeftSpec of a PEFT `adapter_config.json` for a module whose Dense names are `names`."""
+    _check_supported(config, source)
+    kind = config.get("peft_type")
+    if kind == "LORA":
+        targets = frozenset(m for m, (hf, _) in names.items()
+                            if _matches(hf, config["target_modules"]))
+        if not targets:
+            raise ValueError(f"{source}: target_modules={config['target_modules']!r} match no "
+                             f"module of this model (e.g. {sorted(v[0] for v in names.values())[:4]})")
+        return PeftSpec(lora_rank=config["r"], lora_alpha=float(config["lora_alpha"]),
+                        lora_dropout=config.get("lora_dropout", 0.0),
+                        lora_rslora=bool(config.get("use_rslora")), lora_targets=targets)
+    if kind == "IA3":
+        targets = frozenset(m for m, (hf, _) in names.items()
+                            if _matches(hf, config["target_modules"]))
+        feedforward = frozenset(m for m in targets
+                                if _matches(names[m][0], config.get("feedforward_modules")))
+        return PeftSpec(ia3_targets=targets, ia3_feedforward=feedforward)
+    if kind == "PROMPT_TUNING":
+        return PeftSpec(num_prompt_tokens=config["num_virtual_tokens"], prompt_in_pooling=True)
+    if kind == "PREFIX_TUNING":
+        return PeftSpec(num_prefix_tokens=config["num_virtual_tokens"])
+    raise ValueError(f"{source}: peft_type={kind!r} is not supported (LORA, IA3, "
+                     "PROMPT_TUNING, PREFIX_TUNING)")
+
+
+def read(adapter_dir: pathlib.Path, family, module) -> tuple[PeftSpec, dict]:
+    """(PeftSpec, adapter) of a PEFT or lmx adapter folder for this (PEFT-free) module."""
+    if (adapter_dir / LMX_CONFIG).is_file():
+        config = json.loads((adapter_dir / LMX_CONFIG).read_text())
+        spec = PeftSpec(**{k: frozenset(v) if isinstance(v, list) else v
+                           for k, v in config["peft"].items()})
+        return spec, {"format": "lmx", "tensors": core.read_tensors(adapter_dir, "adapter_model")}
+    if not (adapter_dir / PEFT_CONFIG).is_file():
+        raise FileNotFoundError(f"{adapter_dir}: neither {PEFT_CONFIG} nor {LMX_CONFIG}")
+    config = json.loads((adapter_dir / PEFT_CONFIG).read_text())
+    spec = spec_of(config, hf_modules(family, module), str(adapter_dir / PEFT_CONFIG))
+    return spec, {"format": "peft", "config": config,
+                  "tensors": core.read_tensors(adapter_dir, "adapter_model")}
+
+
+def apply(variables: dict, module, family, adapter: dict, expected: dict, source: str) -> dict:
+    """`variables` with the adapter's `peft` collection and its task-head tensors laid in."""
+    tensors = dict(adapter["tensors"])
+    if adapter["format"] == "lmx":
+        flat = {p: np.asarray(v) for p, v in tensors.items()}
+    else:
+        flat = _peft_to_lmx(module, family, tensors, expected, source)
+    wrong = [f"{p}: {np.shape(v)} vs {tuple(expected[p].shape)}" if p in expected else p
+             for p, v in flat.items() if p not in expected or np.shape(v) != expected[p].shape]
+    needed = [p for p in expected if p.startswith("peft/") and p not in flat]
+    if wrong or needed:
+        raise ValueError(f"{source} does not fit the model: unknown or mis-shaped {wrong}; "
+                         f"missing {needed}")
+    merged = {**traverse_util.flatten_dict(variables, sep="/"), **flat}
+    return traverse_util.unflatten_dict(merged, sep="/")
+
+
+def _peft_to_lmx(module, family, tensors, expected, source) -> dict[str, np.ndarray]:
+    spec, names = module.peft, hf_modules(family, module)
+    tensors = {re.sub(r"^base_model\.(model\.)?", "", k): v for k, v in tensors.items()}
+    flat: dict[str, np.ndarray] = {}
+    if spec.num_prompt_tokens:
+        flat["peft/embed/prompt"] = tensors.pop("prompt_embeddings")
+    if spec.num_prefix_tokens:
+        flat |= _prefix_to_lmx(tensors.pop("prompt_embeddings"), module.cfg)
+    for lmx_module, (hf, part) in names.items():
+        i, n = part or (0, 1)
+        split = lambda x, axis: np.split(x, n, axis=axis)[i]
+        if spec.is_lora_target(tuple(lmx_module.split("/"))):
+            flat[f"peft/{lmx_module}/lora_a"] = tensors[f"{hf}.lora_A.weight"].T
+            flat[f"peft/{lmx_module}/lora_b"] = split(tensors[f"{hf}.lora_B.weight"], 0).T
+        mode = spec.ia3_mode(tuple(lmx_module.split("/")))
+        if mode:
+            scale = tensors[f"{hf}.ia3_l"].reshape(-1)
+            flat[f"peft/{lmx_module}/ia3"] = scale if mode == "input" else split(scale, 0)
+    for name in {f"{hf}.{s}" for hf, _ in names.values() for s in ("lora_A.weight",
+                                                                  "lora_B.weight", "ia3_l")}:
+        tensors.pop(name, None)
+    flat |= _heads_to_lmx(module, family, tensors, expected, source)
+    return flat
+
+
+def _prefix_to_lmx(embeddings: np.ndarray, cfg) -> dict[str, np.ndarray]:
+    P = embeddings.shape[0]
+    per_layer = embeddings.reshape(P, cfg.num_layers * 2, cfg.kv_heads, cfg.head_dim)
+    flat = {}
+    for i in range(cfg.num_layers):
+        flat[f"peft/layer_{i}/attention/prefix_key"] = per_layer[:, 2 * i]
+        flat[f"peft/layer_{i}/attention/prefix_value"] = per_layer[:, 2 * i + 1]
+    return flat
+
+
+def _heads_to_lmx(module, family, tensors, expected, source) -> dict[str, np.ndarray]:
+    """`modules_to_save` tensors (full task-head weights) through the family's rules."""
+    if not tensors:
+        return {}
+    hf_names = {v: v for v in tensors}
+    rules = {p: r for p, r in family.tensor_map(module).items() if p in expected}
+    tensors = dict(tensors)
+    hook = getattr(family, "read_hook", None)
+    if hook:
+        tensors = hook(tensors, module)
+    head_rules = {p: r for p, r in rules.items() if r.name in tensors}
+    loaded = core.load(head_rules, tensors, expected, source)
+    if tensors:
+        raise ValueError(f"{source}: tensors lmx cannot place: {sorted(tensors)} (of "
+                         f"{sorted(hf_names)})")
+    return traverse_util.flatten_dict(loaded, sep="/")
+
+
+def save(module, family, variables: dict, out_dir: pathlib.Path,
+         base_model_name_or_path: str = "") -> pathlib.Path:
+    """Writes `variables["peft"]` (+ trained task-head `variables["params"]`) as a PEFT folder
+    when PEFT has the method, else in lmx's format (bottleneck adapters, mixed methods)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = module.peft
+    methods = [m for m, on in (("LORA", spec.lora_rank), ("IA3", spec.ia3_targets),
+                               ("PROMPT_TUNING", spec.num_prompt_tokens),
+                               ("PREFIX_TUNING", spec.num_prefix_tokens),
+                               ("ADAPTER", spec.adapter != "none")) if on]
+    if len(methods) != 1 or methods[0] == "ADAPTER":
+        return _save_lmx(spec, variables, out_dir)
+    kind = methods[0]
+    prefix = "base_model." if kind in ("PROMPT_TUNING", "PREFIX_TUNING") else "base_model.model."
+    tensors, config = _lmx_to_peft(module, family, variables.get("peft", {}), kind)
+    if kind in ("LORA", "IA3"):
+        tensors = {prefix + name: array for name, array in tensors.items()}
+    heads = _heads_to_peft(module, family, variables.get("params", {}))
+    tensors |= {prefix + name: array for name, array in heads.items()}
+    config |= dict(peft_type=kind, task_type=TASK_TYPES[module.task], inference_mode=True,
+                   base_model_name_or_path=base_model_name_or_path or None,
+                   modules_to_save=sorted({n.split(".")[0] for n in heads}) or None)
+    core.write_tensors(tensors, out_dir / WEIGHTS)
+    (out_dir / PEFT_CONFIG).write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
+def _save_lmx(spec: PeftSpec, variables: dict, out_dir: pathlib.Path) -> pathlib.Path:
+    flat = traverse_util.flatten_dict({k: variables[k] for k in ("peft", "params")
+                                       if k in variables}, sep="/")
+    core.write_tensors({p: np.asarray(v) for p, v in flat.items()}, out_dir / WEIGHTS,
+                       metadata={"format": "lmx"})
+    fields = {k: sorted(v) if isinstance(v, frozenset) else v
+              for k, v in spec.__dict__.items()}
+    (out_dir / LMX_CONFIG).write_text(json.dumps({"peft": fields}, indent=2))
+    return out_dir
+
+
+def _lmx_to_peft(module, family, peft_vars: dict, kind: str) -> tuple[dict, dict]:
+    spec, cfg = module.peft, module.cfg
+    flat = {p: np.asarray(v, np.float32) for p, v in
+            traverse_util.flatten_dict({"peft": peft_vars}, sep="/").items()}
+    if kind == "PROMPT_TUNING":
+        if module.task == "sequence_classification" and module.pooling == "cls" \
+                and not spec.prompt_in_pooling:
+            raise ValueError("PEFT pools a prompt-tuned classifier at the first virtual token; "
+                             "this lmx model pools the real [CLS] (PeftSpec.prompt_in_pooling=False)"
+                             ", so PEFT would compute something else: save it in lmx's format")
+        config = dict(num_virtual_tokens=spec.num_prompt_tokens, token_dim=cfg.embed_dim,
+                      num_transformer_submodules=1, num_attention_heads=cfg.num_heads,
+                      num_layers=cfg.num_layers, prompt_tuning_init="RANDOM")
+        return {"prompt_embeddings": flat["peft/embed/prompt"]}, config
+    if kind == "PREFIX_TUNING":
+        keys = [np.stack([flat[f"peft/layer_{i}/attention/prefix_{w}"] for w in ("key", "value")],
+                         axis=1) for i in range(cfg.num_layers)]  # (P, 2, G, K) each
+        P = spec.num_prefix_tokens
+        config = dict(num_virtual_tokens=P, token_dim=cfg.kv_heads * cfg.head_dim,
+                      num_transformer_submodules=1, num_attention_heads=cfg.kv_heads,
+                      num_layers=cfg.num_layers, encoder_hidden_size=cfg.embed_dim,
+                      prefix_projection=False)
+        return {"prompt_embeddings": np.concatenate(keys, axis=1).reshape(P, -1)}, config
+    return _dense_to_peft(module, family, flat, kind)
+
+
+def _dense_to_peft(module, family, flat: dict, kind: str) -> tuple[dict, dict]:
+    """LoRA / IA3 tensors per HF module; IA3 on a fused module fills untargeted parts with 1."""
+    spec, tensors, targets, feedforward = module.peft, {}, set(), set()
+    fused: dict[str, dict[int, np.ndarray]] = {}
+    for lmx_module, (hf, part) in hf_modules(family, module).items():
+        path = tuple(lmx_module.split("/"))
+        if kind == "LORA" and spec.is_lora_target(path):
+            if part is not None:
+                raise ValueError(f"{lmx_module}: LoRA on a part of the fused HF module {hf} is "
+                                 "not one PEFT LoRA; save it in lmx's format")
+            tensors[f"{hf}.lora_A.weight"] = flat[f"peft/{lmx_module}/lora_a"].T
+            tensors[f"{hf}.lora_B.weight"] = flat[f"peft/{lmx_module}/lora_b"].T
+            targets.add(hf)
+        mode = spec.ia3_mode(path) if kind == "IA3" else ""
+        if mode:
+            scale = flat[f"peft/{lmx_module}/ia3"]
+            targets.add(hf)
+            if mode == "input":
+                feedforward.add(hf)
+                tensors[f"{hf}.ia3_l"] = scale[None, :]
+            elif part is None:
+                tensors[f"{hf}.ia3_l"] = scale[:, None]
+            else:
+                fused.setdefault(hf, {})[part[0]] = (scale, part[1])
+    for hf, pieces in fused.items():
+        n, width = next(iter(pieces.values()))[1], len(next(iter(pieces.values()))[0])
+        parts = [pieces[i][0] if i in pieces else np.ones(width, np.float32) for i in range(n)]
+        tensors[f"{hf}.ia3_l"] = np.concatenate(parts)[:, None]
+    if kind == "LORA":
+        config = dict(r=spec.lora_rank, lora_alpha=spec.lora_alpha,
+                      lora_dropout=spec.lora_dropout, use_rslora=spec.lora_rslora,
+                      target_modules=sorted(targets), bias="none", use_dora=False)
+    else:
+        config = dict(target_modules=sorted(targets), feedforward_modules=sorted(feedforward))
+    config["fan_in_fan_out"] = getattr(family, "FAN_IN_FAN_OUT", False)
+    return tensors, config
+
+
+def _heads_to_peft(module, family, params: dict) -> dict[str, np.ndarray]:
+    """Trained task-head parameters as PEFT `modules_to_save` tensors; anything else trained
+    in the base cannot go into a PEFT adapter and is an error."""
+    flat = traverse_util.flatten_dict({"params": params}, sep="/") if params else {}
+    if not flat:
+        return {}
+    rules = {p: r for p, r in family.tensor_map(module).items() if p in flat}
+    tensors = core.save(rules, {"params": params})
+    hook = getattr(family, "write_hook", None)
+    tensors = hook(tensors, module) if hook and module.task != "hidden" else tensors
+    outside = sorted(n for n in tensors if n.split(".")[0] not in HEAD_MODULES)
+    unmapped = sorted(set(flat) - set(rules))
+    if outside or unmapped:
+        raise ValueError(f"trained base parameters {outside + unmapped} are not a PEFT task head "
+                         f"({HEAD_MODULES}); save in lmx's format or merge them")
+    return tensors
