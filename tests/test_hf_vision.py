@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from lmx import hf
@@ -69,7 +70,8 @@ def _calibrate(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def _hf_resnet(layer_type, folder, seed=0):
     torch.manual_seed(seed)
-    model = transformers.ResNetForImageClassification(transformers.ResNetConfig(**RESNET[layer_type]))
+    config = transformers.ResNetConfig(**RESNET[layer_type])
+    model = transformers.ResNetForImageClassification(config)
     return _save(_calibrate(_perturb(model, seed), seed), folder)
 
 
@@ -119,8 +121,8 @@ def test_vit_model_hidden_states_and_pooler_match(tmp_path):
 def _resnet_stages(module, variables, images_BHWC):
     """Logits and each stage's output (NHWC) of an lmx ResNet."""
     def run(v, x):
-        return module.apply(v, x, capture_intermediates=lambda m, _: (m.name or "").startswith("stage_"),
-                            mutable=["intermediates"])
+        is_stage = lambda m, _: (m.name or "").startswith("stage_")
+        return module.apply(v, x, capture_intermediates=is_stage, mutable=["intermediates"])
     logits, state = jax.jit(run)(variables, images_BHWC)
     stages = [state["intermediates"][f"stage_{i}"]["__call__"][0]
               for i in range(len(module.cfg.stage_sizes))]
@@ -174,7 +176,7 @@ def test_missing_tensor_is_named(tmp_path):
     folder = _hf_vit(transformers.ViTForImageClassification, tmp_path)
     name = "vit.encoder.layer.1.attention.attention.key.weight"
     _rewrite(folder, lambda tensors: tensors.pop(name))
-    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+    with pytest.raises(ValueError, match=name.removeprefix("vit.").replace(".", r"\.")):
         hf.from_pretrained(folder)
 
 
@@ -190,7 +192,8 @@ def test_missing_running_stat_and_shape_mismatch_are_named(tmp_path):
     _rewrite(folder, edit)
     with pytest.raises(ValueError) as error:
         hf.from_pretrained(folder)
-    assert stat in str(error.value) and conv in str(error.value)
+    for name in (stat, conv):  # named without the base prefix, as lmx reads them
+        assert name.removeprefix("resnet.") in str(error.value)
     assert "stage_2/block_0/conv_1/kernel" in str(error.value)
 
 
@@ -220,6 +223,51 @@ def test_unsupported_config_is_refused_by_from_pretrained(tmp_path):
         hf.from_pretrained(folder)
 
 
-def test_resnet_hidden_task_is_refused_with_the_way_out():
+def _add_tensors(folder, shapes) -> dict:
+    """Adds random tensors to a checkpoint (a head it lacks, so no slow random init runs)."""
+    rng = np.random.default_rng(2)
+    added = {name: rng.normal(size=shape).astype(np.float32) for name, shape in shapes.items()}
+    _rewrite(folder, lambda tensors: tensors.update(added))
+    return added
+
+
+def test_resnet_model_checkpoint_gives_last_hidden_state_as_features(tmp_path):
+    """ResNetModel (bare names): task 'hidden' is refused with the way out, which works."""
+    torch.manual_seed(0)
+    model = transformers.ResNetModel(transformers.ResNetConfig(**RESNET["bottleneck"]))
+    folder = _save(_calibrate(_perturb(model, 0), 0), tmp_path)
     with pytest.raises(ValueError, match="intermediates/features"):
-        hf_resnet.build(RESNET["basic"], "hidden", None, None)
+        hf.from_pretrained(folder)
+    labels = RESNET["bottleneck"]["num_labels"]
+    _add_tensors(folder, {"classifier.1.weight": (labels, 128), "classifier.1.bias": (labels,)})
+    module, variables = hf.from_pretrained(folder, task="image_classification")
+    images_BHWC, images_BCHW = _images(RESNET_SIDE)
+    _, state = jax.jit(lambda v, x: module.apply(v, x, mutable=["intermediates"]))(
+        variables, images_BHWC)
+    expected = _hf_outputs(folder, transformers.ResNetModel, images_BCHW)
+    _assert_close("resnet ResNetModel last_hidden_state", state["intermediates"]["features"][0],
+                  expected.last_hidden_state.numpy().transpose(0, 2, 3, 1), relative=True)
+
+
+@pytest.mark.parametrize("cls,task,head", [
+    (transformers.ViTModel, "image_classification",
+     {"classifier.weight": (VIT["num_labels"], 32), "classifier.bias": (VIT["num_labels"],)}),
+    (transformers.ViTForImageClassification, "hidden",
+     {"vit.pooler.dense.weight": (32, 32), "vit.pooler.dense.bias": (32,)}),
+], ids=["vit_model_as_classifier", "vit_classifier_as_hidden"])
+def test_vit_checkpoints_serve_either_task(tmp_path, cls, task, head):
+    """Either class's names (with or without `vit.`) load for either task, backbone intact."""
+    folder = _hf_vit(cls, tmp_path)
+    _, native = hf.from_pretrained(folder)
+    added = _add_tensors(folder, head)
+    module, crossed = hf.from_pretrained(folder, task=task)
+    assert module.task == task
+    native, crossed = (traverse_util.flatten_dict(v, sep="/") for v in (native, crossed))
+    new = {p for p in crossed if p.startswith(("params/head/", "params/pooler/"))}
+    backbone = {p for p in native if p.split("/")[1] not in ("head", "pooler")}
+    assert len(new) == 2 and set(crossed) - new == backbone
+    for path in set(crossed) - new:
+        np.testing.assert_array_equal(crossed[path], native[path], path)
+    kernel = next(p for p in new if p.endswith("kernel"))
+    weight = next(n for n in added if n.endswith("weight"))
+    np.testing.assert_array_equal(crossed[kernel], added[weight].T)

@@ -4,7 +4,9 @@ The two compute the same function for HF's defaults: 7x7/2 stem, 3x3/2 max-pool 
 1, stride on the first block of stages 1.. (not stage 0: `downsample_in_first_stage`
 False), on the bottleneck's 3x3 conv (v1.5: `downsample_in_bottleneck` False), a 1x1
 projection shortcut wherever channels or stride change, BatchNorm eps 1e-5. BatchNorm
-running statistics go to `batch_stats`. The contract is core.py's.
+running statistics go to `batch_stats`. HF names are read without the `resnet.` base prefix
+(stripped on read, added on write), so ResNetModel checkpoints load too (new classifier).
+The contract is core.py's.
 """
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from lmx import resnet
-from lmx.hf.core import Rule
+from lmx.hf.core import Rule, linear
 from lmx.peft import NO_PEFT, PeftSpec
 
 MODEL_TYPES = ("resnet",)
 ARCHITECTURES = {"hidden": "ResNetModel", "image_classification": "ResNetForImageClassification"}
 BASE_PREFIX = "resnet."  # ResNetPreTrainedModel.base_model_prefix
+_HEAD = "classifier."
 
 # transformers' ResNetConfig defaults, for config.json files that omit keys.
 _HF_DEFAULTS = dict(num_channels=3, embedding_size=64, hidden_sizes=[256, 512, 1024, 2048],
@@ -83,15 +87,15 @@ def _conv_norm(lmx_conv: str, lmx_norm: str, hf_module: str) -> dict[str, Rule]:
 
 
 def tensor_map(module: resnet.ResNet) -> dict[str, Rule]:
-    """Every lmx leaf of `module` and the HF tensor it is."""
-    cfg, p = module.cfg, BASE_PREFIX
-    rules = _conv_norm("stem_conv", "stem_norm", f"{p}embedder.embedder")
+    """Every lmx leaf of `module` and the HF tensor it is (base prefix stripped)."""
+    cfg = module.cfg
+    rules = _conv_norm("stem_conv", "stem_norm", "embedder.embedder")
     convs_per_block = 2 if cfg.block == "basic" else 3
     in_channels = cfg.width
     for i, num_blocks in enumerate(cfg.stage_sizes):
         out_channels = _stage_channels(cfg, i)
         for j in range(num_blocks):
-            lmx_block, hf_block = f"stage_{i}/block_{j}", f"{p}encoder.stages.{i}.layers.{j}"
+            lmx_block, hf_block = f"stage_{i}/block_{j}", f"encoder.stages.{i}.layers.{j}"
             for k in range(convs_per_block):
                 rules.update(_conv_norm(f"{lmx_block}/conv_{k}", f"{lmx_block}/norm_{k}",
                                         f"{hf_block}.layer.{k}"))
@@ -100,9 +104,16 @@ def tensor_map(module: resnet.ResNet) -> dict[str, Rule]:
                 rules.update(_conv_norm(f"{lmx_block}/proj_conv", f"{lmx_block}/proj_norm",
                                         f"{hf_block}.shortcut"))
             in_channels = out_channels
-    rules["params/head/classifier/kernel"] = Rule("classifier.1.weight", "linear")
-    rules["params/head/classifier/bias"] = Rule("classifier.1.bias")
-    return rules
+    return rules | linear("head/classifier", f"{_HEAD}1")  # classifier.0 is a Flatten
+
+
+def read_hook(tensors: dict[str, np.ndarray], module: resnet.ResNet) -> dict[str, np.ndarray]:
+    return {k.removeprefix(BASE_PREFIX): v for k, v in tensors.items()}
+
+
+def write_hook(tensors: dict[str, np.ndarray], module: resnet.ResNet) -> dict[str, np.ndarray]:
+    """ResNetForImageClassification's names: the base under `resnet.`, the classifier not."""
+    return {k if k.startswith(_HEAD) else BASE_PREFIX + k: v for k, v in tensors.items()}
 
 
 def is_new_for_task(path: str) -> bool:

@@ -1,7 +1,8 @@
 """HF ViT (`ViTModel`, `ViTForImageClassification`) <-> `lmx.vit.ViT`; the contract is core.py's.
 
-Checkpoint names are those transformers writes: `vit.`-prefixed under
-ViTForImageClassification, bare under ViTModel (whose tanh pooler the hidden task carries).
+HF names are read without the `vit.` base prefix (stripped on read, added on write for the
+classifier model), so either class's checkpoint serves either task; the hidden task carries
+ViTModel's tanh pooler.
 """
 from __future__ import annotations
 
@@ -9,21 +10,24 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from lmx import vit
-from lmx.hf.core import Rule
+from lmx.hf.core import Rule, linear, norm
 from lmx.peft import NO_PEFT, PeftSpec
 from lmx.transformer import TransformerConfig
 
 MODEL_TYPES = ("vit",)
 ARCHITECTURES = {"hidden": "ViTModel", "image_classification": "ViTForImageClassification"}
-BASE_PREFIX = "vit."  # ViTPreTrainedModel.base_model_prefix: on every tensor of a task model
+BASE_PREFIX = "vit."  # ViTPreTrainedModel.base_model_prefix
+_HEAD = "classifier."
 
 # transformers' ViTConfig defaults, for config.json files that omit keys.
 _HF_DEFAULTS = dict(hidden_act="gelu", qkv_bias=True, layer_norm_eps=1e-12, image_size=224,
                     patch_size=16, num_channels=3, hidden_dropout_prob=0.0,
                     attention_probs_dropout_prob=0.0, pooler_act="tanh",
-                    pooler_output_size=None, head_dim=None, id2label={"0": "LABEL_0", "1": "LABEL_1"})
+                    pooler_output_size=None, head_dim=None,
+                    id2label={"0": "LABEL_0", "1": "LABEL_1"})
 _LAYER = {  # lmx module under layer_{i} -> HF module under encoder.layer.{i}
     "attention_norm": "layernorm_before",
     "attention/query": "attention.attention.query",
@@ -84,37 +88,36 @@ def example_inputs(module: vit.ViT) -> tuple:
     return (jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32),)
 
 
-def _dense(lmx_module: str, hf_module: str) -> dict[str, Rule]:
-    return {f"params/{lmx_module}/kernel": Rule(f"{hf_module}.weight", "linear"),
-            f"params/{lmx_module}/bias": Rule(f"{hf_module}.bias")}
-
-
-def _norm(lmx_module: str, hf_module: str) -> dict[str, Rule]:
-    return {f"params/{lmx_module}/scale": Rule(f"{hf_module}.weight"),
-            f"params/{lmx_module}/bias": Rule(f"{hf_module}.bias")}
-
-
 def tensor_map(module: vit.ViT) -> dict[str, Rule]:
-    """Every lmx leaf of `module` and the HF tensor it is."""
-    p = BASE_PREFIX if module.task == "image_classification" else ""
-    embeddings = f"{p}embeddings"
+    """Every lmx leaf of `module` and the HF tensor it is (base prefix stripped)."""
     rules = {
-        "params/cls_token": Rule(f"{embeddings}.cls_token"),
-        "params/position_embedding": Rule(f"{embeddings}.position_embeddings"),
-        "params/patch_embed/kernel": Rule(f"{embeddings}.patch_embeddings.projection.weight",
+        "params/cls_token": Rule("embeddings.cls_token"),
+        "params/position_embedding": Rule("embeddings.position_embeddings"),
+        "params/patch_embed/kernel": Rule("embeddings.patch_embeddings.projection.weight",
                                           "conv"),
-        "params/patch_embed/bias": Rule(f"{embeddings}.patch_embeddings.projection.bias"),
-        **_norm("final_norm", f"{p}layernorm"),
+        "params/patch_embed/bias": Rule("embeddings.patch_embeddings.projection.bias"),
+        **norm("final_norm", "layernorm"),
     }
     for i in range(module.cfg.encoder.num_layers):
         for lmx_name, hf_name in _LAYER.items():
-            make = _norm if lmx_name.endswith("norm") else _dense
-            rules.update(make(f"layer_{i}/{lmx_name}", f"{p}encoder.layer.{i}.{hf_name}"))
+            make = norm if lmx_name.endswith("norm") else linear
+            rules.update(make(f"layer_{i}/{lmx_name}", f"encoder.layer.{i}.{hf_name}"))
     if module.task == "hidden" and module.cfg.use_pooler:
-        rules.update(_dense("pooler", "pooler.dense"))
+        rules.update(linear("pooler", "pooler.dense"))
     if module.task == "image_classification":
-        rules.update(_dense("head/classifier", "classifier"))
+        rules.update(linear("head/classifier", "classifier"))
     return rules
+
+
+def read_hook(tensors: dict[str, np.ndarray], module: vit.ViT) -> dict[str, np.ndarray]:
+    return {k.removeprefix(BASE_PREFIX): v for k, v in tensors.items()}
+
+
+def write_hook(tensors: dict[str, np.ndarray], module: vit.ViT) -> dict[str, np.ndarray]:
+    """ViTForImageClassification's names: the base model under `vit.`, the classifier not."""
+    if module.task == "hidden":
+        return tensors
+    return {k if k.startswith(_HEAD) else BASE_PREFIX + k: v for k, v in tensors.items()}
 
 
 def is_new_for_task(path: str) -> bool:
@@ -130,7 +133,8 @@ def to_hf_config(module: vit.ViT) -> dict[str, Any]:
     """config.json for transformers' ViT class of `module.task`."""
     cfg, enc = module.cfg, module.cfg.encoder
     representable = dict(causal=False, pre_norm=True, norm="layernorm", mlp="gelu",
-                         use_bias=True, kv_heads=enc.num_heads, head_dim=enc.embed_dim // enc.num_heads)
+                         use_bias=True, kv_heads=enc.num_heads,
+                         head_dim=enc.embed_dim // enc.num_heads)
     for key, value in representable.items():
         if getattr(enc, key) != value:
             raise ValueError(f"ViT encoder {key}={getattr(enc, key)!r} has no HF ViT "
