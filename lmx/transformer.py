@@ -244,16 +244,15 @@ class Attention(nn.Module):
         """Writes this call's keys / values at the cache index; returns the whole cache and mask."""
         if decode not in DECODE_MODES:
             raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}")
-        B, T, G, K = k_BTGK.shape
-        C = self.cfg.max_len
+        B, T, G, K = k_BTGK.shape  # at init, T is the cache length C
         zeros = lambda shape, dtype: lambda: jnp.zeros(shape, dtype)
-        key_BCGK = self.variable(CACHE, "key", zeros((B, C, G, K), jnp.float32))
-        value_BCGK = self.variable(CACHE, "value", zeros((B, C, G, K), jnp.float32))
-        mask_BC = self.variable(CACHE, "mask", zeros((B, C), bool))
+        key_BCGK = self.variable(CACHE, "cached_key", zeros((B, T, G, K), jnp.float32))
+        value_BCGK = self.variable(CACHE, "cached_value", zeros((B, T, G, K), jnp.float32))
+        mask_BC = self.variable(CACHE, "mask", zeros((B, T), bool))
         index = self.variable(CACHE, "index", zeros((), jnp.int32))
         if self.is_initializing():
             return k_BTGK, v_BTGK, jnp.ones((B, T, T), bool)
-        i = index.value
+        C, i = mask_BC.value.shape[1], index.value
         kv_axes = (ax.BATCH, ax.LENGTH, ax.HEADS, ax.KV)
         write = lambda cache, new: nn.with_logical_constraint(
             jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, i, 0, 0)), kv_axes)
