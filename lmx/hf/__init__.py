@@ -86,6 +86,8 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
     expected = core.abstract_variables(module, *family.example_inputs(module))
     rules = {p: r for p, r in family.tensor_map(module).items() if p in expected}
     head_rules = {p: rules.pop(p) for p in list(rules) if family.is_new_for_task(p)}
+    if num_labels is not None:  # a new label set: a checkpoint head of another size is replaced
+        _drop_resized_heads(head_rules, tensors, expected, str(model_dir))
     variables = core.load(rules, tensors, expected, str(model_dir))
     variables = _load_head(variables, head_rules, tensors, expected, module, str(model_dir))
     if adapter_data is not None:
@@ -93,6 +95,16 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
                                    str(adapter))
     core.unused(tensors, str(model_dir))
     return module, variables
+
+
+def _drop_resized_heads(head_rules, tensors, expected, source):
+    for path, rule in head_rules.items():
+        if rule.name in tensors and rule.part is None:
+            shape = core.to_lmx(np.asarray(tensors[rule.name]), rule.kind).shape
+            if shape != tuple(expected[path].shape):
+                logging.warning("%s: %s has shape %s, the requested head %s: initialised anew",
+                                source, rule.name, shape, tuple(expected[path].shape))
+                tensors.pop(rule.name)
 
 
 def _read_hook(family, module, tensors):
