@@ -39,7 +39,8 @@ def test_training_hook_then_cli_write_self_contained_reports(tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run(
         [sys.executable, "-m", "lmx.explain", "--workdir", workdir, "--text", "5 3 7 9 3",
-         "--text", "8 3", "--out", str(out), "--ig_steps", "8"],
+         "--text", "8 3", "--out", str(out), "--ig_steps", "8",
+         "--methods", "integrated_gradients,occlusion"],
         capture_output=True, text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "summary.json") as f:
