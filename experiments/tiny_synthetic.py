@@ -2,7 +2,7 @@
 
 Command: python -m lmx.main --config experiments/tiny_synthetic.py:runlocal --workdir /tmp/tiny
 Args: `runlocal`, and one PEFT method (`lora` default, `full`, `bitfit`, `houlsby`,
-`pfeiffer`, `prompt`). Hardware: CPU; seconds.
+`pfeiffer`, `prompt`, `prefix`, `ia3`). Hardware: CPU; seconds.
 """
 from lmx.config import base_config
 
@@ -25,7 +25,7 @@ def get_config(arg: str = ""):
     for a in args:
         if a == "runlocal":
             c.train.num_steps = 20
-        elif a in ("full", "bitfit", "houlsby", "pfeiffer", "prompt", "lora"):
+        elif a in ("full", "bitfit", "houlsby", "pfeiffer", "prompt", "prefix", "ia3", "lora"):
             c.peft.method = a
         else:
             raise ValueError(f"experiments/tiny_synthetic.py: unknown arg {a!r}")

@@ -33,7 +33,8 @@ def test_runlocal_runs_one_step(path, tmp_path):
     assert 0 < results["trainable_percent"] <= 100
 
 
-@pytest.mark.parametrize("method", ["full", "bitfit", "houlsby", "pfeiffer", "prompt"])
+@pytest.mark.parametrize("method", ["full", "bitfit", "houlsby", "pfeiffer", "prompt", "prefix",
+                                    "ia3"])
 def test_synthetic_variants_run(method, tmp_path):
     config = _get_config(os.path.join(ROOT, "experiments", "tiny_synthetic.py"),
                          f"runlocal,{method}")

@@ -79,6 +79,9 @@ def example_inputs(module) -> tuple:
 
 
 def tensor_map(module: HFTransformer) -> dict[str, Rule]:
+    if module.task == "sequence_classification" and module.pooling != "cls":
+        raise ValueError(f"pooling={module.pooling!r}: transformers' BERT / RoBERTa classifiers "
+                         "pool [CLS]; this model has no transformers equivalent")
     heads = _HEADS[_model_type(module)]
     rules = {"params/embed/token/embedding": Rule("embeddings.word_embeddings.weight"),
              "params/embed/position/embedding": Rule("embeddings.position_embeddings.weight"),
