@@ -9,17 +9,17 @@ import importlib.util
 import json
 import pathlib
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tokenizers
 from absl import logging
 from flax import traverse_util
 from safetensors.numpy import load_file
 
+from lmx.hf.tokenizer import Tokenizer, load_tokenizer  # noqa: F401  (the one tokenizer loader)
 from lmx.transformer import Transformer, TransformerConfig
 
 HUB_FILES = ["config.json", "*.safetensors", "tokenizer.json", "vocab.txt",
@@ -185,61 +185,3 @@ def load_bert(model_dir: str | pathlib.Path,
         logging.warning("load_bert(%s): %d tensors not loaded: %s", model_dir, len(leftover),
                         leftover)
     return cfg, traverse_util.unflatten_dict(flat, sep="/")
-
-
-def _read_json(path: pathlib.Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-class Tokenizer:
-    """A `tokenizers` tokenizer that encodes batches into right-padded int32 arrays."""
-
-    def __init__(self, tokenizer: Any, pad_id: int):
-        self._tokenizer = tokenizer
-        self._pad_id = pad_id
-
-    @property
-    def pad_id(self) -> int:
-        return self._pad_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tokenizer.get_vocab_size(with_added_tokens=True)
-
-    def encode_batch(self, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
-        """`ids`, `mask`, `token_types` (B, T): truncated to `max_length`, padded to the longest."""
-        self._tokenizer.no_padding()  # tokenizer.json may fix its own padding and truncation
-        self._tokenizer.enable_truncation(max_length)
-        encodings = self._tokenizer.encode_batch(list(texts))
-        B, T = len(encodings), max(len(e.ids) for e in encodings)
-        ids_BT = np.full((B, T), self._pad_id, np.int32)
-        mask_BT = np.zeros((B, T), np.int32)
-        token_types_BT = np.zeros((B, T), np.int32)
-        for b, encoding in enumerate(encodings):
-            length = len(encoding.ids)
-            ids_BT[b, :length] = encoding.ids
-            mask_BT[b, :length] = encoding.attention_mask
-            token_types_BT[b, :length] = encoding.type_ids
-        return {"ids": ids_BT, "mask": mask_BT, "token_types": token_types_BT}
-
-
-def load_tokenizer(model_dir: str | pathlib.Path) -> Tokenizer:
-    """The folder's tokenizer.json, else a WordPiece tokenizer from its vocab.txt."""
-    model_dir = pathlib.Path(model_dir)
-    config = {**_read_json(model_dir / "special_tokens_map.json"),
-              **_read_json(model_dir / "tokenizer_config.json")}
-    if (model_dir / "tokenizer.json").is_file():
-        tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    elif (model_dir / "vocab.txt").is_file():
-        tokenizer = tokenizers.BertWordPieceTokenizer(
-            str(model_dir / "vocab.txt"), lowercase=config.get("do_lower_case", True),
-            strip_accents=config.get("strip_accents"),
-            handle_chinese_chars=config.get("tokenize_chinese_chars", True))
-    else:
-        raise FileNotFoundError(f"neither tokenizer.json nor vocab.txt in {model_dir}")
-    pad_token = config.get("pad_token", "[PAD]")
-    pad_token = pad_token["content"] if isinstance(pad_token, dict) else pad_token
-    pad_id = tokenizer.token_to_id(pad_token)
-    if pad_id is None:
-        raise ValueError(f"pad token {pad_token!r} is not in the vocabulary of {model_dir}")
-    return Tokenizer(tokenizer, pad_id)

@@ -23,7 +23,8 @@ from flax import traverse_util
 from lmx.hf import core
 from lmx.peft import NO_PEFT, PeftSpec
 
-PEFT_CONFIG, LMX_CONFIG, WEIGHTS = "adapter_config.json", "lmx_adapter.json", "adapter_model.safetensors"
+PEFT_CONFIG, LMX_CONFIG = "adapter_config.json", "lmx_adapter.json"
+WEIGHTS = "adapter_model.safetensors"
 TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS",
               "causal_lm": "CAUSAL_LM", "hidden": "FEATURE_EXTRACTION", "mlm": None}
 HEAD_MODULES = ("classifier", "score")  # PEFT's modules_to_save for classification tasks
@@ -65,8 +66,9 @@ def spec_of(config: dict[str, Any], names: dict[str, tuple], source: str) -> Pef
         targets = frozenset(m for m, (hf, _) in names.items()
                             if _matches(hf, config["target_modules"]))
         if not targets:
+            examples = sorted(v[0] for v in names.values())[:4]
             raise ValueError(f"{source}: target_modules={config['target_modules']!r} match no "
-                             f"module of this model (e.g. {sorted(v[0] for v in names.values())[:4]})")
+                             f"module of this model (e.g. {examples})")
         return PeftSpec(lora_rank=config["r"], lora_alpha=float(config["lora_alpha"]),
                         lora_dropout=config.get("lora_dropout", 0.0),
                         lora_rslora=bool(config.get("use_rslora")), lora_targets=targets)
@@ -215,8 +217,8 @@ def _lmx_to_peft(module, family, peft_vars: dict, kind: str) -> tuple[dict, dict
         if module.task == "sequence_classification" and module.pooling == "cls" \
                 and not spec.prompt_in_pooling:
             raise ValueError("PEFT pools a prompt-tuned classifier at the first virtual token; "
-                             "this lmx model pools the real [CLS] (PeftSpec.prompt_in_pooling=False)"
-                             ", so PEFT would compute something else: save it in lmx's format")
+                             "this lmx model pools the real [CLS] (PeftSpec.prompt_in_pooling="
+                             "False), so PEFT would compute something else: use lmx's format")
         config = dict(num_virtual_tokens=spec.num_prompt_tokens, token_dim=cfg.embed_dim,
                       num_transformer_submodules=1, num_attention_heads=cfg.num_heads,
                       num_layers=cfg.num_layers, prompt_tuning_init="RANDOM")

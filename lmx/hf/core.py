@@ -113,7 +113,8 @@ def read_tensors(model_dir: pathlib.Path, filename: str = "model") -> dict[str, 
         tensors.update(load_file(str(file)))
     if files:
         return tensors
-    bins = sorted(model_dir.glob("pytorch_model*.bin" if filename == "model" else f"{filename}*.bin"))
+    pattern = "pytorch_model*.bin" if filename == "model" else f"{filename}*.bin"
+    bins = sorted(model_dir.glob(pattern))
     if not bins:
         raise FileNotFoundError(f"no {filename}*.safetensors (nor a torch .bin) in {model_dir}")
     try:
