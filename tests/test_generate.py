@@ -101,3 +101,29 @@ def test_filter_logits_top_k_and_top_p():
     np.testing.assert_array_equal(kept(gen.Sampling(1.0, top_k=2)), [[1, 1, 0, 0]])
     np.testing.assert_array_equal(kept(gen.Sampling(1.0, top_p=0.7)), [[1, 1, 0, 0]])
     np.testing.assert_array_equal(kept(gen.Sampling(1.0, top_p=0.81)), [[1, 1, 1, 0]])
+
+
+def test_sharded_generation_equals_unsharded_and_shards_the_cache(llama):
+    import flax.linen as nn
+    from lmx import sharding
+    from lmx.transformer import CACHE
+    _, _, module, variables = llama
+    ids_BT, mask_BT = left_padded_prompts()
+    ids_BT, mask_BT = np.tile(ids_BT, (2, 1)), np.tile(mask_BT, (2, 1))  # batch 6 over 2 rows
+    unsharded = gen.generate(module, variables, ids_BT, mask_BT, max_new_tokens=6)
+    mesh = sharding.make_mesh((("data", 2), ("fsdp", 1), ("tensor", -1)), jax.devices()[:4])
+    rules = sharding.rules_for("fsdp_tensor")
+    batch_sh = sharding.batch_sharding(mesh, rules, 2)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        ids, mask = jax.device_put(ids_BT, batch_sh), jax.device_put(mask_BT, batch_sh)
+        sharded = gen.generate(module, variables, ids, mask, max_new_tokens=6)
+        cache = gen.init_cache(module, variables, 6, 13)
+        _, state = jax.jit(lambda c: module.apply(
+            {**variables, CACHE: c}, ids, mask, positions_BT=gen.prompt_positions(mask),
+            decode="prefill", mutable=[CACHE]))(cache)
+    np.testing.assert_array_equal(sharded, unsharded)
+    key_cache = state[CACHE]["layer_0"]["attention"]["cached_key"]
+    spec = key_cache.sharding.spec
+    assert spec[0] in ("data", ("data",), ("data", "fsdp")), spec  # batch axis sharded
+    assert key_cache.sharding.shard_shape(key_cache.shape)[0] == 3
+    assert spec[2] == "tensor", spec  # kv heads over the tensor axis, like activations

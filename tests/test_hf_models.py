@@ -173,3 +173,27 @@ def test_real_minilm_matches_transformers(tmp_path):
                           task)
         print(f"all-MiniLM-L6-v2 {task}: max abs error {error:.2e}")
         assert error <= TOL
+
+
+def test_torch_bin_checkpoint_loads_with_weights_only(tmp_path):
+    hf_model = reference("gpt2", "causal_lm", tmp_path / "safe")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "safe" / "config.json").read_text())
+    torch.save(hf_model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    ids_BT, mask_BT, types_BT = batch("gpt2")
+    model, variables = lmx.hf.from_pretrained(tmp_path / "bin")
+    expected = hf_outputs(hf_model, "causal_lm", ids_BT, mask_BT, types_BT)
+    assert max_error(expected, np.asarray(model.apply(variables, ids_BT, mask_BT)), mask_BT,
+                     "causal_lm") <= TOL
+
+
+class _NotAWeight:
+    pass
+
+
+def test_torch_bin_with_arbitrary_objects_is_refused(tmp_path):
+    reference("gpt2", "causal_lm", tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save({"wte.weight": _NotAWeight()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        lmx.hf.from_pretrained(tmp_path)
