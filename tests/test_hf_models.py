@@ -22,6 +22,9 @@ CONFIGS = {
     "bert": lambda: transformers.BertConfig(**_TINY, type_vocab_size=2),
     "roberta": lambda: transformers.RobertaConfig(**{**_TINY, "max_position_embeddings": 66},
                                                   type_vocab_size=1, pad_token_id=1),
+    "distilbert": lambda: transformers.DistilBertConfig(
+        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+        max_position_embeddings=64),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
                                             n_positions=64, pad_token_id=0),
     "llama": lambda: transformers.LlamaConfig(**_TINY, num_key_value_heads=2, pad_token_id=0,
@@ -42,6 +45,8 @@ HEADS = {
 CASES = [("bert", t) for t in ("hidden", "mlm", "sequence_classification", "token_classification")]
 CASES += [("roberta", t) for t in ("hidden", "mlm", "sequence_classification",
                                    "token_classification")]
+CASES += [("distilbert", t) for t in ("hidden", "mlm", "sequence_classification",
+                                      "token_classification")]
 CASES += [(f, t) for f in ("gpt2", "llama") for t in ("hidden", "causal_lm",
                                                       "sequence_classification",
                                                       "token_classification")]

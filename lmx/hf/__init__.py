@@ -4,8 +4,8 @@
     logits = model.apply(variables, ...)
     lmx.hf.save_pretrained(model, variables, "out_dir")   # loads in transformers
 
-One family module per HF architecture family (bert.py, gpt2.py, llama.py, vit.py,
-resnet.py), each a rule table over `core.py`'s generic loader; see core.py for the contract.
+One family module per HF architecture family (bert.py, distilbert.py, gpt2.py, llama.py,
+vit.py, resnet.py), each a rule table over `core.py`'s generic loader; see core.py for the contract.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from flax import traverse_util
 
 from lmx.hf import adapters, core
 
-FAMILIES = ("bert", "gpt2", "llama", "vit", "resnet")
+FAMILIES = ("distilbert", "bert", "gpt2", "llama", "vit", "resnet")  # first owner wins
 
 
 def family_of(hf_config: dict[str, Any]):
