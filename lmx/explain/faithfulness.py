@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,7 +71,7 @@ def reinit_top_layers(module, variables: dict, num_layers: int, key: jax.Array,
                       *dummy_inputs) -> dict:
     """`variables` with the head and the top `num_layers` `layer_i` re-initialised (Adebayo's
     cascading model randomisation, one step)."""
-    fresh = jax.jit(module.init)(key, *dummy_inputs)["params"]
+    fresh = nn.unbox(jax.jit(module.init)(key, *dummy_inputs))["params"]
     layers = sorted((k for k in variables["params"] if k.startswith("layer_")),
                     key=lambda k: int(k.split("_")[1]))
     replaced = set(layers[len(layers) - num_layers:]) | {"head"}
