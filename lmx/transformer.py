@@ -58,6 +58,8 @@ class TransformerConfig:
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.1
     dtype: str = "float32"  # matmul input dtype; accumulation is always float32
+    scan_layers: bool = False  # one scanned block (params stacked under `layers`): fast compile
+    remat: str = "none"  # "none" | "full" | "dots" (save matmul outputs): recompute in backward
 
     @property
     def kv_heads(self) -> int:
@@ -318,6 +320,57 @@ class Block(nn.Module):
         return nn.with_logical_constraint(x_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
 
 
+REMAT_POLICIES = {"none": None, "full": None,
+                  "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}
+
+
+class _ScanCell(nn.Module):
+    """One Block as a scan body: (x, broadcast inputs) -> (x, None)."""
+    cfg: TransformerConfig
+    peft: PeftSpec
+    deterministic: bool
+    decode: str
+    remat: str
+
+    @nn.compact
+    def __call__(self, x_BTD, mask_BTS, positions_BT, mask_BT):
+        block = Block
+        if self.remat != "none":
+            block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], static_argnums=(4, 6))
+        x_BTD = block(self.cfg, self.peft, name="block")(
+            x_BTD, mask_BTS, positions_BT, self.deterministic, mask_BT, self.decode)
+        return x_BTD, None
+
+
+def stack_layers(tree: dict, num_layers: int) -> dict:
+    """Variables of an unrolled model (`layer_i/...`) as a scanned model's (`layers/block/...`
+    with a leading layer axis), in every collection."""
+    out = {}
+    for collection, node in tree.items():
+        if not isinstance(node, dict) or "layer_0" not in node:
+            out[collection] = node
+            continue
+        rest = {k: v for k, v in node.items() if not k.startswith("layer_")}
+        layers = [node[f"layer_{i}"] for i in range(num_layers)]
+        rest["layers"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+        out[collection] = rest
+    return out
+
+
+def unstack_layers(tree: dict, num_layers: int) -> dict:
+    """Inverse of stack_layers."""
+    out = {}
+    for collection, node in tree.items():
+        if not isinstance(node, dict) or "layers" not in node:
+            out[collection] = node
+            continue
+        rest = {k: v for k, v in node.items() if k != "layers"}
+        for i in range(num_layers):
+            rest[f"layer_{i}"] = jax.tree.map(lambda x: x[i], node["layers"]["block"])
+        out[collection] = rest
+    return out
+
+
 class Transformer(nn.Module):
     """Embeddings, `num_layers` blocks and a task head; `apply` returns the logits.
 
@@ -368,10 +421,8 @@ class Transformer(nn.Module):
         if cfg.causal:
             mask_BTS = mask_BTS & jnp.tril(jnp.ones((S, S), bool))[None]
         x_BTD = nn.with_logical_constraint(x_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
-        for i in range(cfg.num_layers):
-            x_BTD = Block(cfg, self.peft, name=f"layer_{i}")(
-                x_BTD, None if decode else mask_BTS, positions_BT, deterministic,
-                full_mask_BS, decode)
+        x_BTD = self._blocks(x_BTD, None if decode else mask_BTS, positions_BT, deterministic,
+                             full_mask_BS, decode)
         if cfg.pre_norm:
             x_BTD = _norm(cfg, "final_norm")(x_BTD)
         if self.task == "sequence_classification":
@@ -383,6 +434,28 @@ class Transformer(nn.Module):
         if self.task == "hidden":
             return x_BTD
         return self._classify(x_BTD, embeddings, deterministic)
+
+    def _blocks(self, x_BTD, mask_BTS, positions_BT, deterministic, mask_BT, decode):
+        """`num_layers` blocks: unrolled (`layer_i`) or one scanned block (`layers`, stacked)."""
+        cfg = self.cfg
+        if cfg.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={cfg.remat!r} is not one of {sorted(REMAT_POLICIES)}")
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4, 6))
+        if not cfg.scan_layers:
+            for i in range(cfg.num_layers):
+                x_BTD = block(cfg, self.peft, name=f"layer_{i}")(
+                    x_BTD, mask_BTS, positions_BT, deterministic, mask_BT, decode)
+            return x_BTD
+        scanned = nn.scan(
+            _ScanCell, variable_axes={c: 0 for c in ("params", PEFT, CACHE, "intermediates")},
+            split_rngs={"params": True, "dropout": True}, length=cfg.num_layers,
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            metadata_params={nn.PARTITION_NAME: ax.LAYERS})
+        x_BTD, _ = scanned(cfg, self.peft, deterministic, decode, cfg.remat, name="layers")(
+            x_BTD, mask_BTS, positions_BT, mask_BT)
+        return x_BTD
 
     def _classify(self, x_BxD, embeddings, deterministic):
         table_VD = embeddings.token.embedding

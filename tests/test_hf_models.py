@@ -202,3 +202,13 @@ def test_torch_bin_with_arbitrary_objects_is_refused(tmp_path):
     torch.save({"wte.weight": _NotAWeight()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(Exception, match="[Ww]eights only"):
         lmx.hf.from_pretrained(tmp_path)
+
+
+def test_scan_layers_override_loads_stacked(tmp_path):
+    hf_model = reference("llama", "causal_lm", tmp_path)
+    ids_BT, mask_BT, types_BT = batch("llama")
+    model, variables = lmx.hf.from_pretrained(tmp_path, scan_layers=True)
+    assert "layers" in variables["params"] and "layer_0" not in variables["params"]
+    expected = hf_outputs(hf_model, "causal_lm", ids_BT, mask_BT, types_BT)
+    assert max_error(expected, np.asarray(model.apply(variables, ids_BT, mask_BT)), mask_BT,
+                     "causal_lm") <= TOL

@@ -138,3 +138,34 @@ def test_gelu_explicit_vjp_matches_autodiff():
     ours = jax.grad(lambda v: (gelu(v, approximate=False) * jnp.cos(v)).sum())(x)
     reference = jax.grad(lambda v: (nn.gelu(v, approximate=False) * jnp.cos(v)).sum())(x)
     np.testing.assert_allclose(ours, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat", ["none", "dots"])
+def test_scanned_layers_equal_unrolled_outputs_and_grads(remat):
+    import dataclasses as dc
+    from lmx import transformer as tr
+    cfg = tr.size("bert-tiny", dropout_rate=0.0, attention_dropout_rate=0.0)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 128, (2, 8)), jnp.int32)
+    mask = jnp.ones((2, 8), bool).at[1, 5:].set(False)
+    spec = PeftSpec(lora_rank=2, lora_targets=frozenset(f"layer_{i}/attention/query"
+                                                        for i in range(2)))
+    unrolled = tr.Transformer(cfg, task="sequence_classification", num_labels=3, peft=spec)
+    variables = jax.tree.map(lambda x: x + 0.01, nn.unbox(unrolled.init(jax.random.key(0), ids)))
+    scanned = tr.Transformer(dc.replace(cfg, scan_layers=True, remat=remat),
+                             task="sequence_classification", num_labels=3,
+                             peft=PeftSpec(lora_rank=2, lora_targets=frozenset(
+                                 {"layers/block/attention/query"})))
+    stacked = tr.stack_layers(variables, 2)
+    boxed = scanned.init(jax.random.key(0), ids)
+    assert jax.tree.structure(nn.unbox(boxed)) == jax.tree.structure(stacked)
+    kernel_spec = nn.get_partition_spec(boxed)["params"]["layers"]["block"]["attention"]["query"]
+    assert kernel_spec["kernel"][0] == "layers"  # the stacked axis has its own logical name
+    np.testing.assert_allclose(scanned.apply(stacked, ids, mask), unrolled.apply(variables, ids, mask),
+                               atol=1e-6)
+    grads = jax.grad(lambda p: unrolled.apply({**variables, "peft": p}, ids, mask).sum())(
+        variables["peft"])
+    scanned_grads = jax.grad(lambda p: scanned.apply({**stacked, "peft": p}, ids, mask).sum())(
+        stacked["peft"])
+    back = tr.unstack_layers({"peft": scanned_grads}, 2)["peft"]
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(back)):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -9,6 +9,7 @@ vit.py, resnet.py), each a rule table over `core.py`'s generic loader; see core.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import pathlib
@@ -21,6 +22,8 @@ from absl import logging
 from flax import traverse_util
 
 from lmx.hf import adapters, core
+from lmx.peft import NO_PEFT
+from lmx.transformer import stack_layers
 
 FAMILIES = ("distilbert", "bert", "gpt2", "llama", "vit", "resnet")  # first owner wins
 
@@ -72,6 +75,13 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
       adapter: a PEFT adapter folder to load into the `peft` collection.
       config_overrides: lmx config fields to replace (e.g. dtype, dropout_rate).
     """
+    if config_overrides.get("scan_layers"):  # load unrolled, then stack the layers
+        module, variables = from_pretrained(path_or_id, task, num_labels, adapter,
+                                            **{**config_overrides, "scan_layers": False})
+        if module.peft != NO_PEFT:
+            raise ValueError("scan_layers with an adapter: load unrolled, then stack_layers")
+        scanned = module.clone(cfg=dataclasses.replace(module.cfg, scan_layers=True))
+        return scanned, stack_layers(variables, module.cfg.num_layers)
     from lmx import pretrained  # noqa: PLC0415
     model_dir = pretrained.resolve_model_dir(str(path_or_id))
     hf_config = core.read_config(model_dir)
