@@ -81,10 +81,11 @@ def _hits(method, module, variables, batch, labels, jit=True):
     return float((sub["ids"][np.arange(len(top)), top] == TRIGGER).mean())
 
 
-# grad x input is left out on purpose: the embedding LayerNorm makes f scale-invariant in
-# x + position + type, so grad . x = -grad . (position + type) and says little about the token
-# (measured: the trigger is its top token in 26% of sentences; README of lmx.explain).
-@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion", "saliency"])
+# grad x input is taken at the embedding layer's output: at the token embedding it is
+# degenerate for post-LN encoders (see target.EmbeddingOutputLogits; measured there: the
+# trigger was its top token in 26% of sentences).
+@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion", "saliency",
+                                    "grad_x_input"])
 def test_trained_model_points_at_the_trigger_random_model_does_not(trigger_task, method):
     module, params, batch, labels, accuracy = trigger_task
     assert accuracy >= 0.97, accuracy

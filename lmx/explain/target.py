@@ -41,6 +41,47 @@ class ImageLogits:
         return self.module.apply(context["variables"], images_BHWC, train=False)
 
 
+def _is_embedding_call(context) -> bool:
+    from lmx.transformer import Embeddings  # noqa: PLC0415
+    return isinstance(context.module, Embeddings) and context.method_name == "__call__"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingOutputLogits:
+    """`logits_BL = f(context, h_BSD)` with `h` the embedding layer's output (after its
+    LayerNorm, S = soft-prompt + real tokens), as Captum's layer methods on HF `embeddings`.
+
+    Grad x input needs it on post-LN encoders: there the logits depend on the token embedding
+    x only through LN(x + position + type), which is scale invariant, so grad . x equals
+    -grad . (position + type) and says nothing about the token."""
+    module: nn.Module
+
+    def __call__(self, context: dict, h_BSD: jax.Array) -> jax.Array:
+        def replace(next_fun, args, kwargs, call):
+            out = next_fun(*args, **kwargs)
+            return (h_BSD, out[1]) if _is_embedding_call(call) else out
+
+        with nn.intercept_methods(replace):
+            return self.module.apply(context["variables"], context["ids"], context["mask"],
+                                     context["token_types"])
+
+
+def embedding_output(module: nn.Module, context: dict) -> jax.Array:
+    """The embedding layer's output h_BSD for these inputs (what EmbeddingOutputLogits takes)."""
+    captured = []
+
+    def keep(next_fun, args, kwargs, call):
+        out = next_fun(*args, **kwargs)
+        if _is_embedding_call(call):
+            captured.append(out[0])
+        return out
+
+    with nn.intercept_methods(keep):
+        module.apply(context["variables"], context["ids"], context["mask"],
+                     context["token_types"])
+    return captured[0]
+
+
 def target_logit(logit_fn, context: Any, x_BX: jax.Array, target_B: jax.Array) -> jax.Array:
     """The explained output: each example's logit of its target class."""
     logits_BL = logit_fn(context, x_BX)

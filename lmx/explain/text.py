@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmx.explain import attention, attributions as attr
-from lmx.explain.target import TextLogits, baseline_embeds, embed, text_context
+from lmx.explain.target import (EmbeddingOutputLogits, TextLogits, baseline_embeds, embed,
+                                embedding_output, text_context)
 
 METHODS = ("integrated_gradients", "grad_x_input", "saliency", "smoothgrad", "occlusion",
            "rollout", "flow", "random")
@@ -71,8 +72,12 @@ def scores(method: str, module, variables, batch: dict, target_B, options: Optio
                  rule=options.ig_rule)
         out_BT = attr.token_scores(ig.attribution, "sum")
         extras = {"gap": np.asarray(ig.gap_B), "delta": np.asarray(ig.delta_B)}
-    elif method == "grad_x_input":
-        out_BT = attr.token_scores(run(attr.grad_x_input), "sum")
+    elif method == "grad_x_input":  # at the embedding layer's output (see EmbeddingOutputLogits)
+        h_logits = EmbeddingOutputLogits(module)
+        h_BSD = embedding_output(module, context)
+        fn = attr.jitted(attr.grad_x_input) if options.jit else attr.grad_x_input
+        h_BSD = fn(h_logits, context, h_BSD, target_B)
+        out_BT = attr.token_scores(h_BSD[:, h_BSD.shape[1] - x_BTD.shape[1]:], "sum")
     elif method == "saliency":
         out_BT = attr.token_scores(run(attr.saliency), "norm")
     elif method == "smoothgrad":
