@@ -1,0 +1,158 @@
+"""Token pipeline invariants: packing keeps every token once, MLM rates within binomial
+tolerance, first-sub-token alignment equals sentence encoding, exact resume."""
+import numpy as np
+import pytest
+
+from lmx import text_pipeline as tp
+from lmx.hf.tokenizer import load_tokenizer
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "eu", "reject", "##s", "german",
+         "call", "to", "boy", "##cott", "brit", "##ish", "lamb", ".", "peter", "black", "##burn"]
+
+
+def _documents(seed=0, n=40):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(5, 100, size=rng.integers(1, 50)).astype(np.int32) for _ in range(n)]
+
+
+def test_pack_keeps_every_token_exactly_once_in_order():
+    documents = _documents()
+    rows = tp.pack(documents, 16, pad_id=0)
+    ids_NT, segment_NT, positions_NT = rows["ids"], rows["segment_ids"], rows["positions"]
+    real_NT = segment_NT > 0
+    np.testing.assert_array_equal(ids_NT[real_NT], np.concatenate(documents))
+    assert (~real_NT).sum() == ids_NT.size - sum(len(d) for d in documents) < 16
+    assert real_NT[:-1].all()  # padding only in the last row
+    # each segment is one document piece: positions count 0.. within it
+    starts = np.cumsum([0] + [len(d) for d in documents])
+    flat_doc = np.searchsorted(starts, np.arange(starts[-1]), side="right") - 1
+    for n in range(ids_NT.shape[0]):
+        for s in np.unique(segment_NT[n][real_NT[n]]):
+            cols = np.flatnonzero(segment_NT[n] == s)
+            np.testing.assert_array_equal(positions_NT[n, cols], np.arange(len(cols)))
+            assert len(set(flat_doc[n * 16 + cols])) == 1
+
+
+def test_packed_batches_resume_exactly():
+    documents = _documents(1)
+    kwargs = dict(seed=5, pad_id=0)
+    stream = tp.packed_batches(documents, 8, 4, start_step=0, **kwargs)
+    reference = [next(stream) for _ in range(40)]  # crosses epochs
+    for start in (3, 17, 31):
+        resumed = tp.packed_batches(documents, 8, 4, start_step=start, **kwargs)
+        for expected in reference[start:start + 5]:
+            got = next(resumed)
+            for key in expected:
+                np.testing.assert_array_equal(got[key], expected[key])
+    assert not np.array_equal(reference[0]["ids"], reference[-1]["ids"])
+
+
+def test_mlm_masking_rates_within_binomial_tolerance():
+    special, vocab_size, mask_id = [0, 1, 2, 3, 4], 1000, 4
+    rng = np.random.default_rng(0)
+    total = {"candidates": 0, "picked": 0, "mask": 0, "random": 0, "kept": 0}
+    for index in range(400):
+        ids = rng.integers(0, vocab_size, size=500)
+        ids[0], ids[-1] = 2, 3
+        out = tp.mlm_mask({"ids": ids, "index": index}, seed=7, mask_id=mask_id,
+                          vocab_size=vocab_size, special_ids=special)
+        picked = out["labels"] != tp.IGNORE
+        assert not (picked & np.isin(ids, special)).any()
+        np.testing.assert_array_equal(out["labels"][picked], ids[picked])
+        np.testing.assert_array_equal(out["ids"][~picked], ids[~picked])
+        changed = out["ids"][picked]
+        total["candidates"] += int((~np.isin(ids, special)).sum())
+        total["picked"] += int(picked.sum())
+        total["mask"] += int((changed == mask_id).sum())
+        total["kept"] += int((changed == ids[picked]).sum())
+        total["random"] += int(((changed != mask_id) & (changed != ids[picked])).sum())
+        assert not np.isin(changed[changed != ids[picked]], [0, 1, 2, 3]).any()
+
+    def within(count, n, p):  # 5 standard deviations of a binomial
+        assert abs(count - n * p) < 5 * np.sqrt(n * p * (1 - p)), (count, n, p)
+
+    within(total["picked"], total["candidates"], 0.15)
+    within(total["mask"], total["picked"], 0.8)
+    # a random draw equals the original with probability 1/995: "kept" gains about that much
+    within(total["kept"], total["picked"], 0.1 + 0.1 / 995)
+    within(total["random"], total["picked"], 0.1 - 0.1 / 995)
+
+
+def test_mlm_mask_is_a_function_of_seed_epoch_index():
+    ids = np.arange(5, 205)
+    kwargs = dict(seed=1, mask_id=4, vocab_size=300, special_ids=[0, 1, 2, 3, 4])
+    a = tp.mlm_mask({"ids": ids, "index": 3, "epoch": 0}, **kwargs)
+    b = tp.mlm_mask({"ids": ids, "index": 3, "epoch": 0}, **kwargs)
+    c = tp.mlm_mask({"ids": ids, "index": 4, "epoch": 0}, **kwargs)
+    d = tp.mlm_mask({"ids": ids, "index": 3, "epoch": 1}, **kwargs)
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    assert not np.array_equal(a["labels"], c["labels"])
+    assert not np.array_equal(a["labels"], d["labels"])
+
+
+@pytest.fixture(scope="module")
+def wordpiece(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wp")
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    return load_tokenizer(folder)
+
+
+def test_first_subtoken_alignment_equals_sentence_encoding(wordpiece):
+    names = ["O", "B-ORG", "I-ORG", "B-MISC", "B-PER", "I-PER"]
+    example = {"words": ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb",
+                         "."],
+               "tags": ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"]}
+    out = tp.align_labels(wordpiece, label_names=names, max_length=32)(example)
+    np.testing.assert_array_equal(out["ids"], wordpiece.encode(" ".join(example["words"])))
+    pieces = [VOCAB[i] for i in out["ids"]]
+    assert pieces == ["[CLS]", "eu", "reject", "##s", "german", "call", "to", "boy", "##cott",
+                      "brit", "##ish", "lamb", ".", "[SEP]"]
+    I = tp.IGNORE
+    assert out["labels"].tolist() == [I, 1, 0, I, 3, 0, 0, 0, I, 3, I, 0, 0, I]
+    short = tp.align_labels(wordpiece, label_names=names, max_length=5)(example)
+    assert [VOCAB[i] for i in short["ids"]] == ["[CLS]", "eu", "reject", "##s", "[SEP]"]
+    assert short["labels"].tolist() == [I, 1, 0, I, I]
+    with pytest.raises(ValueError, match="not in label_names"):
+        tp.align_labels(wordpiece, label_names=["O"], max_length=8)(example)
+
+
+def _token_examples(n=50, seed=2):
+    rng = np.random.default_rng(seed)
+    return [{"ids": rng.integers(5, 50, size=rng.integers(2, 30)),
+             "labels": rng.integers(0, 3, size=1)} for _ in range(n)]
+
+
+def _labelled(examples):
+    return [{**e, "labels": np.full(len(e["ids"]), 1)} for e in examples]
+
+
+def test_token_batches_bucket_pad_and_resume_with_a_transform():
+    examples = _labelled(_token_examples())
+    mlm = lambda e: tp.mlm_mask(e, seed=0, mask_id=4, vocab_size=50,  # noqa: E731
+                                special_ids=[0, 1, 2, 3, 4])
+    kwargs = dict(seed=3, pad_id=0, pad_multiple=8, bucket_batches=2, transform=mlm)
+    stream = tp.token_batches(examples, 4, start_step=0, **kwargs)
+    reference = [next(stream) for _ in range(30)]  # 12 steps an epoch
+    for batch in reference:
+        T = batch["ids"].shape[1]
+        assert T % 8 == 0 and T - batch["mask"].sum(1).max() < 8
+        assert (batch["labels"][~batch["mask"]] == tp.IGNORE).all()
+    for start in (5, 12, 19):
+        resumed = tp.token_batches(examples, 4, start_step=start, **kwargs)
+        for expected in reference[start:start + 6]:
+            got = next(resumed)
+            for key in expected:
+                np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_eval_token_batches_cover_every_example_once():
+    examples = _labelled(_token_examples(23))
+    batches = list(tp.eval_token_batches(examples, 8, pad_id=0))
+    seen = [int(i) for b in batches for i in b["index"] if i >= 0]
+    assert sorted(seen) == list(range(23))
+    for b in batches:
+        for row, i in enumerate(b["index"]):
+            if i >= 0:
+                np.testing.assert_array_equal(b["ids"][row][b["mask"][row]], examples[i]["ids"])
+            else:
+                assert b["weights"][row] == 0
