@@ -1,0 +1,110 @@
+"""Train a sentencepiece tokenizer for models trained from scratch.
+
+    python -m lmx.tokenizer train --input corpus.txt --vocab-size 8000 --out DIR [--model-type unigram]
+
+DIR gets `tokenizer.model` and a Llama-style `tokenizer_config.json`, which
+`lmx.hf.tokenizer.load_tokenizer(DIR)` reads (and transformers' LlamaTokenizer would). The model
+is trained with the identity normalizer and whitespace kept, because that loader (like
+transformers 5) runs the pieces without sentencepiece's normalizer; byte fallback (on by
+default) makes every text round-trip. Specials: <unk> 0, <s> 1, </s> 2, <pad> 3, <mask> 4.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from typing import Sequence
+
+SPECIALS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+            "mask_token": "<mask>"}
+
+
+def _check_inputs(paths: Sequence[str]) -> int:
+    """Total bytes; an error naming --input for a missing or empty (whitespace-only) file."""
+    total = 0
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"--input {path}: no such file")
+        with open(path, "rb") as f:
+            data = f.read()
+        if not data.strip():
+            raise ValueError(f"--input {path}: the file is empty (nothing to train on)")
+        total += len(data)
+    return total
+
+
+def train(inputs: Sequence[str], vocab_size: int, out: str, model_type: str = "unigram",
+          byte_fallback: bool = True, log=print) -> str:
+    """Trains a model on `inputs` and writes `out`/tokenizer.model + tokenizer_config.json."""
+    import sentencepiece as spm
+
+    if model_type not in ("unigram", "bpe", "char"):
+        raise ValueError(f"--model-type {model_type!r}: expected unigram, bpe or char")
+    minimum = len(SPECIALS) + (256 if byte_fallback else 0) + 1
+    if vocab_size < minimum:
+        raise ValueError(f"--vocab-size {vocab_size} is too small: the {len(SPECIALS)} special "
+                         f"tokens{' and 256 byte pieces' if byte_fallback else ''} need "
+                         f">= {minimum}")
+    size = _check_inputs(inputs)
+    os.makedirs(out, exist_ok=True)
+    log(f"training a {model_type} sentencepiece model, vocab {vocab_size}, on {len(inputs)} "
+        f"file(s), {size:,} bytes")
+    start = time.time()
+    try:
+        spm.SentencePieceTrainer.train(
+            input=",".join(inputs), model_prefix=os.path.join(out, "tokenizer"),
+            vocab_size=vocab_size, model_type=model_type, character_coverage=1.0,
+            byte_fallback=byte_fallback, normalization_rule_name="identity",
+            remove_extra_whitespaces=False, split_digits=True, max_sentence_length=1 << 16,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=3, user_defined_symbols=["<mask>"],
+            hard_vocab_limit=model_type != "char", train_extremely_large_corpus=False,
+            minloglevel=2)
+    except RuntimeError as e:
+        found = re.search(r"ocabulary size (?:is )?too high \((\d+)\)\. Please set it to a "
+                          r"value <= (\d+)", str(e))
+        if found:
+            raise ValueError(f"--vocab-size {vocab_size} is too large for this corpus: at most "
+                             f"{found.group(2)}") from None
+        found = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+        if found:
+            raise ValueError(f"--vocab-size {vocab_size} is too small: this corpus has "
+                             f"characters and specials needing {found.group(2)}") from None
+        raise
+    os.remove(os.path.join(out, "tokenizer.vocab"))
+    config = {"tokenizer_class": "LlamaTokenizer", **SPECIALS, "add_bos_token": True,
+              "add_eos_token": False, "legacy": False, "add_prefix_space": True,
+              "model_max_length": 1 << 30, "sp_model_type": model_type}
+    with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    pieces = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
+    log(f"wrote {out}/tokenizer.model ({pieces.get_piece_size()} pieces) and "
+        f"tokenizer_config.json in {time.time() - start:.1f} s")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lmx.tokenizer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train", help="train a sentencepiece model on text files")
+    p.add_argument("--input", action="append", required=True, help="a text file (repeatable)")
+    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "char"])
+    p.add_argument("--no-byte-fallback", action="store_true",
+                   help="unknown characters become <unk> instead of byte pieces")
+    args = parser.parse_args(argv)
+    try:
+        train(args.input, args.vocab_size, args.out, args.model_type,
+              byte_fallback=not args.no_byte_fallback, log=lambda m: print(m, flush=True))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
