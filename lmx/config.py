@@ -75,3 +75,107 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
     c.sharding = "data_parallel"  # a key of sharding.RULE_PRESETS
     return c
+
+
+# Closed sets of values, checked before anything is built (enums owned elsewhere are read there).
+CHOICES = {
+    "model.family": ("transformer", "resnet"),
+    "model.pooling": ("cls", "mean", "last"),
+    "model.task": ("sequence_classification",),  # what the trainer's loss trains
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.kind": ("csv_classification", "digits", "synthetic"),
+    "train.decay": ("linear", "cosine"),
+    "explain.baseline": ("zero", "pad", "mask"),
+}
+POSITIVE = ("train.batch_size", "train.eval_batch_size", "train.log_every", "data.max_length",
+            "data.pad_multiple", "data.bucket_batches", "train.max_checkpoints", "model.image_size")
+NON_NEGATIVE = ("train.num_steps", "train.eval_every", "train.checkpoint_every", "train.num_epochs",
+                "train.learning_rate", "train.weight_decay", "train.grad_clip_norm",
+                "explain.num_examples", "peft.num_prompt_tokens", "peft.adapter_size")
+
+
+def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _type_error(key: str, value, default) -> str:
+    kind = type(default)
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (tuple, list))
+    else:
+        ok = isinstance(value, kind)
+    return "" if ok else (f"config.{key}={value!r} has type {type(value).__name__}, "
+                          f"expected {kind.__name__}")
+
+
+def _schema_errors(flat: dict) -> list[str]:
+    schema = _flat(base_config())
+    errors = [f"config.{k} is not a key of lmx/config.py" for k in flat if k not in schema]
+    errors += [f"config.{k} is missing" for k in schema if k not in flat]
+    errors += [e for k, v in flat.items() if k in schema for e in [_type_error(k, v, schema[k])] if e]
+    return errors
+
+
+def _value_errors(flat: dict) -> list[str]:
+    from lmx import peft, resnet, sharding, transformer  # noqa: PLC0415
+    choices = dict(CHOICES, **{"peft.method": peft.METHODS,
+                               "sharding": tuple(sharding.RULE_PRESETS)})
+    if flat["model.family"] == "transformer" and not flat["model.pretrained"]:
+        choices["model.size"] = tuple(transformer.SIZES)
+    elif flat["model.family"] == "resnet":
+        choices["model.size"] = tuple(resnet.SIZES)
+    if flat["model.family"] != "transformer":
+        choices.pop("model.task"), choices.pop("model.pooling")
+    errors = [f"config.{k}={flat[k]!r} is not one of {list(v)}" for k, v in choices.items()
+              if flat[k] not in v]
+    errors += [f"config.{k}={flat[k]!r} must be > 0" for k in POSITIVE if not flat[k] > 0]
+    errors += [f"config.{k}={flat[k]!r} must be >= 0" for k in NON_NEGATIVE if not flat[k] >= 0]
+    if not flat["train.num_steps"] and not flat["train.num_epochs"]:
+        errors.append("config.train.num_steps and config.train.num_epochs are both 0")
+    for key in ("data.validation_fraction", "train.warmup_fraction"):
+        if not 0 <= flat[key] < 1:
+            errors.append(f"config.{key}={flat[key]!r} must be in [0, 1)")
+    if flat["data.kind"] == "csv_classification":
+        import os  # noqa: PLC0415
+        if not flat["model.pretrained"]:
+            errors.append("config.model.pretrained is empty: data.kind='csv_classification' "
+                          "needs a pretrained model folder (its tokenizer encodes the text)")
+        for key in ("data.train_file", "data.validation_file", "data.test_file",
+                    "data.labels_file"):
+            if (flat[key] or key == "data.train_file") and not os.path.isfile(flat[key]):
+                errors.append(f"config.{key}={flat[key]!r}: no such file")
+    return errors
+
+
+def _mesh_errors(flat: dict, num_devices: int) -> list[str]:
+    from lmx import sharding  # noqa: PLC0415
+    try:
+        sizes = sharding.mesh_sizes(flat["mesh"], num_devices)
+    except ValueError as e:
+        return [str(e)]
+    if flat["sharding"] not in sharding.RULE_PRESETS:
+        return []
+    ways = sharding.batch_ways(sizes, sharding.RULE_PRESETS[flat["sharding"]])
+    return [f"config.train.{k}={flat['train.' + k]} is not divisible by the {ways}-way "
+            f"data-parallel split of mesh {sizes}"
+            for k in ("batch_size", "eval_batch_size") if flat["train." + k] % ways]
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raises one ValueError listing every bad key (unknown, wrong type, bad value, bad mesh)."""
+    flat = _flat(config)
+    errors = _schema_errors(flat)
+    if not errors:  # values are only meaningful once the types are right
+        errors = _value_errors(flat) + _mesh_errors(flat, num_devices)
+    if errors:
+        raise ValueError("invalid config:\n  " + "\n  ".join(errors))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 from typing import Iterator, Sequence
@@ -76,20 +77,39 @@ def digits(image_size: int) -> ImageExamples:
     return ImageExamples((images - 0.5) / 0.5, bunch.target.astype(np.int32))
 
 
+def _read_text(path: str) -> str:
+    """A file's text (UTF-8, optional BOM); undecodable bytes are an error naming the line."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    try:
+        return blob.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = blob[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
 def read_label_names(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        names = json.load(f)
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: expected a JSON list of label names")
+    """A JSON list of distinct label names."""
+    try:
+        names = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
+        raise ValueError(f"{path}:1: expected a non-empty JSON list of label names (strings)")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{path}:1: duplicate label names {duplicates[:10]}")
     return names
 
 
-def read_csv_classification(path: str, text_column: str, label_column: str
-                            ) -> tuple[list[str], list[str]]:
-    """Texts and label strings from a CSV with a header (quoted newlines and CRLF handled)."""
-    texts, labels = [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+def read_csv_classification(path: str, text_column: str, label_column: str, *,
+                            with_lines: bool = False):
+    """Texts and label strings (and, `with_lines`, each row's line number) from a CSV with a
+    header. Quoted newlines and CRLF are handled; every malformed input is a ValueError
+    naming `path:line`."""
+    texts, labels, lines = [], [], []
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    try:
         header = reader.fieldnames or []
         for column in (text_column, label_column):
             if column not in header:
@@ -100,16 +120,22 @@ def read_csv_classification(path: str, text_column: str, label_column: str
                                  f"({','.join(header)}), got a malformed row")
             texts.append(row[text_column])
             labels.append(row[label_column])
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        raise ValueError(f"{path}:{reader.line_num}: {e}") from None
     if not texts:
-        raise ValueError(f"{path}: no examples")
-    return texts, labels
+        raise ValueError(f"{path}:{max(reader.line_num, 1)}: no examples after the header")
+    return (texts, labels, lines) if with_lines else (texts, labels)
 
 
-def label_ids(labels: Sequence[str], names: Sequence[str], path: str) -> np.ndarray:
+def label_ids(labels: Sequence[str], names: Sequence[str], path: str,
+              lines: Sequence[int] | None = None) -> np.ndarray:
     index = {name: i for i, name in enumerate(names)}
-    unknown = sorted(set(labels) - set(index))
+    unknown = [i for i, label in enumerate(labels) if label not in index]
     if unknown:
-        raise ValueError(f"{path}: labels not in the label set: {unknown[:10]}")
+        where = f"{path}:{lines[unknown[0]]}" if lines is not None else path
+        found = sorted({labels[i] for i in unknown})
+        raise ValueError(f"{where}: labels not in the label set: {found[:10]}")
     return np.asarray([index[label] for label in labels], np.int32)
 
 

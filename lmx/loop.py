@@ -4,6 +4,9 @@ from __future__ import annotations
 import functools
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 from typing import Any, Iterator
 
@@ -16,7 +19,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm.auto import tqdm
 
-from lmx import checkpoint, data, metrics, models, optim, peft as peft_lib, report, sharding
+from lmx import checkpoint, config as config_lib, data, distributed, metrics, models, optim
+from lmx import peft as peft_lib, report, sharding
 from lmx.train import TRAINABLE_COLLECTIONS, TrainState, eval_step, split, train_step
 
 
@@ -46,32 +50,32 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, Any]:
     tokenizer = pretrained.load_tokenizer(pretrained.resolve_model_dir(config.model.pretrained))
 
     def read(path):
-        return data.read_csv_classification(path, d.text_column, d.label_column)
+        return data.read_csv_classification(path, d.text_column, d.label_column,
+                                            with_lines=True) + (path,)
 
-    texts, label_strings = read(d.train_file)
+    train_rows = read(d.train_file)
     names = (data.read_label_names(d.labels_file) if d.labels_file
-             else sorted(set(label_strings)))
+             else sorted(set(train_rows[1])))
 
-    def encode(texts, label_strings, path):
+    def encode(texts, label_strings, lines, path):
+        label_array = data.label_ids(label_strings, names, path, lines)  # before tokenizing
         ids, types = data.tokenize(tokenizer, texts, d.max_length)
-        return data.Examples(ids, types, data.label_ids(label_strings, names, path))
+        return data.Examples(ids, types, label_array)
 
-    train = encode(texts, label_strings, d.train_file)
+    train = encode(*train_rows)
     if d.validation_file:
-        validation = encode(*read(d.validation_file), d.validation_file)
+        validation = encode(*read(d.validation_file))
     else:
         train, validation = _carve_validation(train, config)
-    test = encode(*read(d.test_file), d.test_file) if d.test_file else None
+    test = encode(*read(d.test_file)) if d.test_file else None
     return {"train": train, "validation": validation, "test": test, "label_names": names,
             "pad_id": tokenizer.pad_id}
 
 
-def _validate(config: ml_collections.ConfigDict, mesh, rules) -> None:
-    ways = sharding.batch_axis_size(mesh, rules)
-    for key in ("batch_size", "eval_batch_size"):
-        if config.train[key] % ways:
-            raise ValueError(f"config.train.{key}={config.train[key]} is not divisible by the "
-                             f"{ways}-way data-parallel split of mesh {dict(mesh.shape)}")
+def place(tree: Any, shardings: Any) -> Any:
+    """`device_put` that also works with several processes (a jitted identity: host-local
+    uncommitted scalars such as the step and rng become global replicated arrays)."""
+    return jax.jit(lambda x: x, out_shardings=shardings)(tree)
 
 
 class Trainer:
@@ -79,9 +83,10 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
         self.config, self.workdir = config, workdir
+        devices = jax.devices() if devices is None else devices
+        config_lib.validate(config, len(devices))  # before anything is built or compiled
         self.mesh = sharding.make_mesh(config.mesh, devices)
         self.rules = sharding.rules_for(config.sharding)
-        _validate(config, self.mesh, self.rules)
         self.datasets = load_datasets(config)
         init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
         num_labels = len(self.datasets["label_names"])
@@ -101,7 +106,10 @@ class Trainer:
             functools.partial(train_step, model=self.model.module, tx=self.tx),
             out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
             donate_argnums=(0,))
-        self.eval_step = jax.jit(functools.partial(eval_step, model=self.model.module))
+        # Replicated outputs: every process can read the whole batch's predictions.
+        self.eval_step = jax.jit(functools.partial(eval_step, model=self.model.module),
+                                 out_shardings=sharding.replicated(self.mesh))
+        self._base = None
 
     def _init_state(self, trainable, model_state, rng) -> tuple[TrainState, TrainState]:
         abstract = {k: v for k, v in self.model.abstract.items() if k in TRAINABLE_COLLECTIONS}
@@ -119,11 +127,12 @@ class Trainer:
         opt_state = jax.jit(self.tx.init, out_shardings=opt_shardings)(full)
         state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
                            opt_state=opt_state, model_state=model_state, rng=rng)
-        return jax.device_put(state, state_shardings), state_shardings
+        return place(state, state_shardings), state_shardings
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {k: jax.device_put(v, sharding.batch_sharding(self.mesh, self.rules, v.ndim))
-                for k, v in batch.items()}
+        """A global batch (the same on every host) -> global arrays fed by each host's rows."""
+        return distributed.global_batch(
+            batch, lambda ndim: sharding.batch_sharding(self.mesh, self.rules, ndim))
 
     def evaluate(self, examples: data.Examples) -> dict[str, float]:
         cfg = self.config
@@ -151,9 +160,17 @@ class Trainer:
                                   pad_id=self.datasets["pad_id"])
 
     def meta(self) -> dict:
-        return {"base": self.config.model.pretrained or f"{self.config.model.size}@seed"
-                        f"{self.config.seed}",
-                "peft": self.config.peft.method}
+        """What a checkpoint must match to be resumed: the base (name + content hash), method."""
+        if self._base is None:
+            cfg = self.config.model
+            name = cfg.pretrained or f"{cfg.family}/{cfg.size}@seed{self.config.seed}"
+            self._base = checkpoint.base_identity(self.model.pretrained_dir, name, self.frozen)
+        return {**self._base, "peft": self.config.peft.method}
+
+    def checkpoint_bytes(self) -> int:
+        s = self.state
+        return models.nbytes(s.trainable) + models.nbytes(s.opt_state) + models.nbytes(
+            s.model_state)
 
 
 class _TrainLog:
@@ -187,32 +204,113 @@ class _TrainLog:
         return {"loss": f"{loss:.4f}", "ex_per_s": f"{speed:.1f}"}
 
 
-def _resume(trainer: Trainer, mgr) -> int:
+class _NullWriter:
+    """What processes other than 0 write: nothing."""
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Preemption:
+    """SIGTERM (a TPU preemption notice) becomes a flag the loop reads after each step.
+
+    With several processes JAX's coordination service agrees on the step instead
+    (`reached_preemption_sync_point`), so every process saves the same one.
+    """
+
+    def __init__(self):
+        self.requested, self.previous = False, None
+
+    def __enter__(self) -> "_Preemption":
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        logging.warning("SIGTERM: saving a checkpoint after this step, then exiting")
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+
+def _fault(event: str, step: int) -> None:
+    """Fault injection for the resume tests: LMX_FAULT="step:7:KILL" (or "save:9:KILL",
+    "step:11:TERM") signals this process right after that step / after that save started."""
+    want = os.environ.get("LMX_FAULT", "")
+    if want and want.rsplit(":", 1)[0] == f"{event}:{step}":
+        os.kill(os.getpid(), {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}[want.rsplit(":", 1)[1]])
+
+
+def check_workdir(workdir: str) -> None:
+    """Fails fast (before anything is built) when the workdir cannot be written."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".lmx_write_probe.{jax.process_index()}")
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"workdir {workdir!r} is not writable: {e}") from e
+
+
+def check_free_space(trainer: Trainer, workdir: str) -> int:
+    """Fails before training when the disk cannot hold the checkpoints; returns the estimate."""
+    per_checkpoint = trainer.checkpoint_bytes()
+    need = ((trainer.config.train.max_checkpoints + 1) * per_checkpoint
+            + models.nbytes(trainer.state.trainable) + (64 << 20))  # + logs, events, plots
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise OSError(f"workdir {workdir!r}: {free / 2**20:.1f} MiB free, the run needs about "
+                      f"{need / 2**20:.1f} MiB ({trainer.config.train.max_checkpoints}+1 "
+                      f"checkpoints of {per_checkpoint / 2**20:.1f} MiB, exports, logs)")
+    return need
+
+
+def _resume(trainer: Trainer, mgr: checkpoint.Manager) -> int:
     restored = checkpoint.restore(mgr, trainer.state, trainer.meta())
     if restored is not None:
-        trainer.state = jax.device_put(restored, trainer.state_shardings)
+        trainer.state = place(restored, trainer.state_shardings)
         logging.warning("resumed from %s at step %d", mgr.directory, int(restored.step))
     return int(jax.device_get(trainer.state.step))
 
 
-def _train(trainer: Trainer, mgr, writer: report.MetricWriter, start: int) -> float:
-    """Runs steps `start..total`; returns the seconds spent training (eval and saves excluded)."""
+def _train(trainer: Trainer, mgr: checkpoint.Manager, writer, start: int
+           ) -> tuple[float, bool]:
+    """Runs steps `start..total`; returns the seconds spent training (eval and saves excluded)
+    and whether a preemption stopped it (after saving a checkpoint)."""
     cfg, total = trainer.config.train, trainer.total_steps
     eval_every = cfg.eval_every or trainer.steps_per_epoch
     ckpt_every = cfg.checkpoint_every or trainer.steps_per_epoch
     stream, log = trainer.train_stream(start), _TrainLog(writer, cfg.batch_size, start)
     train_seconds, tick = 0.0, time.perf_counter()
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-    with bar, jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=not distributed.is_lead())
+    with bar, _Preemption() as preemption, jax.set_mesh(trainer.mesh), \
+            nn.logical_axis_rules(trainer.rules):
         for done in range(start + 1, total + 1):
             trainer.state, step_metrics = trainer.train_step(
                 trainer.state, trainer.frozen, trainer.device_batch(next(stream)))
             log.push(step_metrics, done)
             bar.update(1)
+            _fault("step", done)
             if done % cfg.log_every == 0 or done == total:
                 bar.set_postfix(log.flush(done, train_seconds + time.perf_counter() - tick))
-            evaluate = done % eval_every == 0 or done == total
-            save = done % ckpt_every == 0 or done == total
+            preempted = preemption.reached(done)
+            evaluate = (done % eval_every == 0 or done == total) and not preempted
+            save = done % ckpt_every == 0 or done == total or preempted
             if evaluate or save:
                 jax.block_until_ready(trainer.state)
                 train_seconds += time.perf_counter() - tick
@@ -223,22 +321,36 @@ def _train(trainer: Trainer, mgr, writer: report.MetricWriter, start: int) -> fl
                               " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
                 if save:
                     checkpoint.save(mgr, trainer.state, trainer.meta())
+                    _fault("save", done)
                 tick = time.perf_counter()
-    return train_seconds
+            if preempted:
+                return train_seconds, True
+    return train_seconds, False
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains `config` in `workdir` (resuming from its latest checkpoint) and writes results."""
-    os.makedirs(workdir, exist_ok=True)
-    report.write_json(workdir, "config.json", config.to_dict())
+    """Trains `config` in `workdir` (resuming from its latest intact checkpoint), writes results.
+
+    SIGTERM saves a checkpoint and returns `{"preempted": True, "step": ...}`.
+    """
+    check_workdir(workdir)
+    config_lib.validate(config, jax.device_count())
+    if distributed.is_lead():
+        report.write_json(workdir, "config.json", config.to_dict())
     trainer = Trainer(config, workdir)
+    check_free_space(trainer, workdir)
     mgr = checkpoint.manager(workdir, config.train.max_checkpoints)
     start = _resume(trainer, mgr) if config.train.resume else 0
-    writer = report.MetricWriter(workdir)
+    writer = report.MetricWriter(workdir) if distributed.is_lead() else _NullWriter()
     try:
-        train_seconds = _train(trainer, mgr, writer, start)
+        train_seconds, preempted = _train(trainer, mgr, writer, start)
     finally:  # a crash still finishes the checkpoints already started
         mgr.wait_until_finished()
+    if preempted:
+        writer.close()
+        step = int(jax.device_get(trainer.state.step))
+        logging.warning("preempted: checkpoint of step %d saved in %s", step, mgr.directory)
+        return {"preempted": True, "step": step}
     return _finish(trainer, writer, workdir, start, train_seconds)
 
 
@@ -272,6 +384,7 @@ def _finish(trainer: Trainer, writer: report.MetricWriter, workdir: str, start: 
     if trainer.config.explain.num_examples:  # the explanation report (lmx.explain)
         from lmx.explain.pipeline import explain_run_end  # noqa: PLC0415
         results["explain_html"] = explain_run_end(trainer, workdir)
-    report.write_json(workdir, "results.json", results)
-    report.plot_curves(workdir)
+    if distributed.is_lead():
+        report.write_json(workdir, "results.json", results)
+        report.plot_curves(workdir)
     return results

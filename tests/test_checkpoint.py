@@ -1,0 +1,149 @@
+"""Checkpoints that lose nothing: checksums catch damage and the previous step is used, a
+different base is refused, and a run killed (SIGKILL, also mid async save) or preempted
+(SIGTERM, exit 0) and restarted ends bit-identical to the uninterrupted run."""
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lmx import checkpoint
+from lmx.train import TrainState
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _state(step: int) -> TrainState:
+    return TrainState(step=jnp.asarray(step, jnp.int32),
+                      trainable={"params": {"w": jnp.full((64, 8), float(step))}},
+                      opt_state=(jnp.full((64, 8), -float(step)), jnp.zeros((), jnp.int32)),
+                      model_state={}, rng=jax.random.key(step))
+
+
+def _saved(tmp_path, steps=(1, 2, 3)):
+    mgr = checkpoint.manager(str(tmp_path), max_to_keep=5)
+    for step in steps:
+        mgr.save(_state(step), {"base": "b", "base_sha256": "0" * 64})
+    mgr.wait_until_finished()
+    return mgr
+
+
+def _largest_file(step_dir):
+    files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir / "state") for f in fs]
+    return max(files, key=os.path.getsize)
+
+
+def _damage(path, how):
+    if how == "flip":
+        blob = bytearray(open(path, "rb").read())
+        blob[len(blob) // 2] ^= 0x01
+        open(path, "wb").write(bytes(blob))
+    elif how == "truncate":
+        os.truncate(path, os.path.getsize(path) // 2)
+    else:
+        os.remove(path)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "remove"])
+def test_damaged_latest_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path, caplog, how):
+    mgr = _saved(tmp_path)
+    latest = mgr.directory / "3"
+    assert checkpoint.verify(latest) == ""
+    _damage(_largest_file(latest), how)
+    assert checkpoint.verify(latest) != ""
+    with caplog.at_level(logging.WARNING):
+        restored = checkpoint.restore(mgr, _state(0), {"base": "b", "base_sha256": "0" * 64})
+    assert int(restored.step) == 2
+    np.testing.assert_array_equal(restored.trainable["params"]["w"], np.full((64, 8), 2.0))
+    np.testing.assert_array_equal(restored.opt_state[0], np.full((64, 8), -2.0))
+    assert f"skipping damaged checkpoint {latest}" in caplog.text
+
+
+def test_uncommitted_and_all_damaged_checkpoints(tmp_path, caplog):
+    mgr = _saved(tmp_path, steps=(1, 2))
+    os.remove(mgr.directory / "2" / checkpoint.CHECKSUM_FILE)  # as if killed mid commit
+    _damage(_largest_file(mgr.directory / "1"), "flip")
+    with caplog.at_level(logging.WARNING):
+        assert checkpoint.restore(mgr, _state(0), {"base": "b", "base_sha256": "0" * 64}) is None
+    assert "never committed" in caplog.text and str(mgr.directory / "1") in caplog.text
+
+
+def test_checkpoint_of_another_base_is_refused(tmp_path):
+    mgr = _saved(tmp_path, steps=(1,))
+    with pytest.raises(ValueError, match=r"base_sha256='0+', not 'f+'"):
+        checkpoint.restore(mgr, _state(0), {"base": "b", "base_sha256": "f" * 64})
+
+
+def test_base_identity_hashes_the_pretrained_weight_files(tmp_path):
+    for name, blob in (("a", b"weights"), ("b", b"weights"), ("c", b"weightz")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(blob)
+        (tmp_path / name / "config.json").write_text(name)  # not part of the hash
+    ids = [checkpoint.base_identity(str(tmp_path / n), "m", None)["base_sha256"] for n in "abc"]
+    assert ids[0] == ids[1] != ids[2]
+
+
+# --- kill / preempt / restart in subprocesses ------------------------------------------------
+
+RUN = ["--config", "experiments/tiny_synthetic.py:runlocal", "--config.train.num_steps=12",
+       "--config.train.checkpoint_every=3", "--config.train.log_every=1",
+       "--config.train.eval_every=100", "--config.data.max_length=8"]
+
+
+def subprocess_env(cache_dir, **extra):
+    """The test process's environment (8 fake devices) plus a shared compilation cache."""
+    env = {k: v for k, v in os.environ.items() if k != "LMX_FAULT"}
+    env.update(PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **extra)
+    return env
+
+
+def _launch(workdir, cache_dir, fault=""):
+    env = subprocess_env(cache_dir, **({"LMX_FAULT": fault} if fault else {}))
+    return subprocess.Popen([sys.executable, "-m", "lmx.main", "--workdir", str(workdir), *RUN],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _finish(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def read_trainable(path):
+    with ocp.StandardCheckpointer() as ckptr:
+        return jax.tree.map(np.asarray, ckptr.restore(os.path.abspath(path)))
+
+
+def test_killed_and_preempted_run_resumes_bit_identical(tmp_path):
+    cache, run = tmp_path / "jax_cache", tmp_path / "run"
+    reference = _launch(tmp_path / "reference", cache)
+    code, _, err = _finish(_launch(run, cache, fault="save:6:KILL"))  # save 6 in flight
+    assert code == -9, err[-2000:]
+    ckpts = run / "checkpoints"
+    assert checkpoint.verify(ckpts / "3") == "" and checkpoint.verify(ckpts / "6") != ""
+    code, _, err = _finish(_launch(run, cache, fault="step:8:KILL"))  # between saves
+    assert code == -9 and "resumed from" in err and "at step 3" in err, err[-2000:]
+    code, out, err = _finish(_launch(run, cache, fault="step:10:TERM"))  # preemption notice
+    assert code == 0 and "resumed from" in err, err[-2000:]
+    assert json.loads(out) == {"preempted": True, "step": 10}
+    assert checkpoint.verify(ckpts / "10") == ""
+    code, out, err = _finish(_launch(run, cache))
+    assert code == 0 and "at step 10" in err, err[-2000:]
+    code, _, err = _finish(reference)
+    assert code == 0, err[-2000:]
+    resumed, straight = read_trainable(run / "trainable"), read_trainable(
+        tmp_path / "reference" / "trainable")
+    assert jax.tree.structure(resumed) == jax.tree.structure(straight)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(resumed),
+                            jax.tree.leaves(straight)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    moved = read_trainable(run / "trainable")["peft"]["layer_0"]["attention"]["query"]["lora_b"]
+    assert np.abs(moved).max() > 0  # it trained (lora_b starts at zero)
