@@ -27,22 +27,28 @@ class Model:
     pretrained_dir: str = ""
 
 
-def _arch_config(config: ml_collections.ConfigDict):
+def _arch_config(config: ml_collections.ConfigDict, num_labels: int):
     """The family config (and the HF folder / params when `model.pretrained` is set)."""
     m = config.model
     overrides = dict(dtype=m.dtype)
     if m.family == "transformer":
         overrides.update(dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
                          use_pooler=m.pooling == "cls")
-        if m.pretrained:
-            from lmx import pretrained  # noqa: PLC0415  (safetensors only needed here)
+        if m.pretrained:  # any family lmx.hf reads: BERT, RoBERTa, DistilBERT, GPT-2, Llama
+            import lmx.hf  # noqa: PLC0415  (safetensors only needed here)
+            from lmx import pretrained  # noqa: PLC0415
             model_dir = pretrained.resolve_model_dir(m.pretrained)
-            cfg, params = pretrained.load_bert(model_dir, **overrides)
-            return cfg, params, str(model_dir)
+            module, variables = lmx.hf.from_pretrained(
+                model_dir, task=m.task, num_labels=num_labels, fresh_heads=False, **overrides)
+            if not isinstance(module, transformer.Transformer):
+                raise ValueError(f"config.model.pretrained={m.pretrained!r} is a "
+                                 f"{type(module).__name__}, not a transformer")
+            return module.cfg, variables["params"], str(model_dir)
         return transformer.size(m.size, **overrides), None, ""
     if m.family == "resnet":
         if m.pretrained:
-            raise ValueError("config.model.pretrained: ResNet import is not supported yet")
+            raise ValueError("config.model.pretrained: ResNet import for training is not wired "
+                             "yet (lmx.hf.from_pretrained reads ResNetForImageClassification)")
         return resnet.size(m.size, **overrides), None, ""
     raise ValueError(f"config.model.family={m.family!r} is not 'transformer' or 'resnet'")
 
@@ -85,7 +91,7 @@ def _overlay(variables: dict, shardings: dict, loaded: dict, source: str) -> dic
 def create(config: ml_collections.ConfigDict, num_labels: int, mesh, rules,
            rng: jax.Array) -> Model:
     """Builds the model named by `config.model` / `config.peft` with sharded variables."""
-    cfg, loaded, model_dir = _arch_config(config)
+    cfg, loaded, model_dir = _arch_config(config, num_labels)
     inputs = dummy_inputs(config)
     base = _module(config, cfg, num_labels, peft_lib.NO_PEFT)
     base_shapes = jax.eval_shape(lambda: nn.unbox(base.init(jax.random.key(0), *inputs)))

@@ -63,6 +63,7 @@ def task_of(family, hf_config: dict[str, Any], task: str | None) -> str:
 
 def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
                     num_labels: int | None = None, adapter: str | pathlib.Path | None = None,
+                    fresh_heads: bool = True,
                     **config_overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
     """An lmx module and its variables (numpy, float32) from a HF folder or hub id.
 
@@ -73,10 +74,12 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
         "token_classification", "image_classification"); default: from `architectures`.
       num_labels: classification labels; default from the config's `id2label`.
       adapter: a PEFT adapter folder to load into the `peft` collection.
+      fresh_heads: initialise task-head weights the checkpoint lacks (seed 0, as
+        transformers does); False leaves them out (lmx's trainer initialises them itself).
       config_overrides: lmx config fields to replace (e.g. dtype, dropout_rate).
     """
     if config_overrides.get("scan_layers"):  # load unrolled, then stack the layers
-        module, variables = from_pretrained(path_or_id, task, num_labels, adapter,
+        module, variables = from_pretrained(path_or_id, task, num_labels, adapter, fresh_heads,
                                             **{**config_overrides, "scan_layers": False})
         if module.peft != NO_PEFT:
             raise ValueError("scan_layers with an adapter: load unrolled, then stack_layers")
@@ -99,7 +102,8 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
     if num_labels is not None:  # a new label set: a checkpoint head of another size is replaced
         _drop_resized_heads(head_rules, tensors, expected, str(model_dir))
     variables = core.load(rules, tensors, expected, str(model_dir))
-    variables = _load_head(variables, head_rules, tensors, expected, module, str(model_dir))
+    variables = _load_head(variables, head_rules, tensors, expected, module, str(model_dir),
+                           fresh_heads)
     if adapter_data is not None:
         variables = adapters.apply(variables, module, family, adapter_data, expected,
                                    str(adapter))
@@ -122,7 +126,7 @@ def _read_hook(family, module, tensors):
     return hook(tensors, module) if hook else tensors
 
 
-def _load_head(variables, head_rules, tensors, expected, module, source):
+def _load_head(variables, head_rules, tensors, expected, module, source, fresh: bool):
     """Task-head modules the checkpoint has are loaded; the others are initialised (seed 0),
     as transformers does; a module with only some of its tensors is an error."""
     modules: dict[str, dict] = {}
@@ -139,7 +143,7 @@ def _load_head(variables, head_rules, tensors, expected, module, source):
     variables = _merge(variables, core.load(present, tensors, expected, source))
     flat = _flat(variables)
     missing = [p for p in expected if p not in flat and p.startswith("params/")]
-    if missing:
+    if missing and fresh:
         logging.warning("%s: no weights for %s; initialised randomly (seed 0)", source, missing)
         family = family_of_module(module)
         fresh = _flat(dict(nn.unbox(module.init(jax.random.key(0),
