@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from lmx.hf.core import HFTransformer, Rule, hashable, label_fields, linear, norm
-from lmx.peft import NO_PEFT
+from lmx.hf.core import (HFTransformer, Rule, hf_extra_fields, label_fields, linear, norm,
+                          strip_and_untie, text_inputs, transformer_module)
 from lmx.transformer import Transformer, TransformerConfig
 
 MODEL_TYPES = ("bert", "roberta")
@@ -64,18 +63,13 @@ def config(hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
 
 def build(hf: dict[str, Any], task: str, num_labels: int | None, peft_spec=None,
           **overrides: Any) -> HFTransformer:
-    task = task.split(":")[-1]
-    labels = num_labels if num_labels is not None else len(hf.get("id2label") or {0: 0, 1: 1})
+    task = task.split(":")[-1]  # "roberta:mlm" names RoBERTa's class in ARCHITECTURES
     cfg = config(hf, **{"use_pooler": task in ("sequence_classification", "hidden"),
                         **overrides})
-    keep = ("pad_token_id", "bos_token_id", "eos_token_id", "id2label", "label2id")
-    return HFTransformer(cfg, task=task, num_labels=labels, pooling="cls",
-                           peft=peft_spec or NO_PEFT, model_type=hf["model_type"],
-                           hf_extra=tuple((k, hashable(hf[k])) for k in keep if k in hf))
+    return transformer_module(cfg, hf, task, num_labels, peft_spec, hf["model_type"], "cls")
 
 
-def example_inputs(module) -> tuple:
-    return (jnp.zeros((1, 8), jnp.int32),)
+example_inputs = text_inputs
 
 
 def tensor_map(module: HFTransformer) -> dict[str, Rule]:
@@ -114,18 +108,10 @@ def _base_prefix(module) -> str:
 
 def read_hook(tensors: dict[str, np.ndarray], module: HFTransformer) -> dict[str, np.ndarray]:
     """Strips the base prefix; checks the MLM decoder is tied to the embeddings, then drops it."""
-    prefix = _base_prefix(module)
-    tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
     decoder = _DECODER[_model_type(module)]
-    tied = {f"{decoder}.weight": "embeddings.word_embeddings.weight",
-            f"{decoder}.bias": _MLM_BIAS[_model_type(module)]}
-    for name, target in tied.items():
-        if name in tensors:
-            array = tensors.pop(name)
-            tensors.setdefault(target, array)
-            if not np.array_equal(array, tensors[target]):
-                raise ValueError(f"{name} differs from {target}; lmx's MLM head ties them")
-    return tensors
+    return strip_and_untie(tensors, _base_prefix(module), {
+        f"{decoder}.weight": "embeddings.word_embeddings.weight",
+        f"{decoder}.bias": _MLM_BIAS[_model_type(module)]})
 
 
 def write_hook(tensors: dict[str, np.ndarray], module: HFTransformer) -> dict[str, np.ndarray]:
@@ -140,7 +126,6 @@ def write_hook(tensors: dict[str, np.ndarray], module: HFTransformer) -> dict[st
 def to_hf_config(module: HFTransformer) -> dict[str, Any]:
     cfg = module.cfg
     roberta = _model_type(module) == "roberta"
-    extra = {k: dict(v) if isinstance(v, tuple) else v for k, v in getattr(module, "hf_extra", ())}
     key = f"roberta:{module.task}" if roberta else module.task
     hf = dict(
         model_type=_model_type(module), architectures=[ARCHITECTURES[key]],
@@ -150,4 +135,4 @@ def to_hf_config(module: HFTransformer) -> dict[str, Any]:
         layer_norm_eps=cfg.norm_eps, hidden_dropout_prob=cfg.dropout_rate,
         attention_probs_dropout_prob=cfg.attention_dropout_rate,
         position_embedding_type="absolute", pad_token_id=cfg.position_offset - 1 if roberta else 0)
-    return label_fields(hf | extra, module)
+    return label_fields(hf | hf_extra_fields(module), module)

@@ -57,6 +57,43 @@ class HFTransformer(Transformer):
     hf_extra: tuple[tuple[str, Any], ...] = ()
 
 
+HF_KEEP = ("pad_token_id", "bos_token_id", "eos_token_id", "id2label", "label2id")
+
+
+def transformer_module(cfg, hf: dict[str, Any], task: str, num_labels: int | None, peft_spec,
+                       model_type: str, pooling: str) -> HFTransformer:
+    """The lmx module of a HF text model; labels from `id2label` unless `num_labels` is given;
+    token ids and labels of config.json kept for save_pretrained."""
+    from lmx.peft import NO_PEFT  # noqa: PLC0415
+    labels = num_labels if num_labels is not None else len(hf.get("id2label") or {0: 0, 1: 1})
+    return HFTransformer(cfg, task=task, num_labels=labels, pooling=pooling,
+                         peft=peft_spec or NO_PEFT, model_type=model_type,
+                         hf_extra=tuple((k, hashable(hf[k])) for k in HF_KEEP if k in hf))
+
+
+def text_inputs(module) -> tuple:
+    """Dummy token ids for initialising a text model."""
+    return (jnp.zeros((1, 8), jnp.int32),)
+
+
+def strip_and_untie(tensors: dict[str, np.ndarray], prefix: str,
+                    tied: dict[str, str]) -> dict[str, np.ndarray]:
+    """Drops the base-model prefix from names, then each tied copy `name -> target` (lmx ties
+    them), checking it equals its target."""
+    tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
+    for name, target in tied.items():
+        if name in tensors:
+            array = tensors.pop(name)
+            tensors.setdefault(target, array)
+            if not np.array_equal(array, tensors[target]):
+                raise ValueError(f"{name} differs from {target}; lmx ties them")
+    return tensors
+
+
+def hf_extra_fields(module) -> dict[str, Any]:
+    return {k: dict(v) if isinstance(v, tuple) else v for k, v in getattr(module, "hf_extra", ())}
+
+
 def hashable(value):
     """Dicts (e.g. id2label) as sorted item tuples, so a module attribute stays hashable."""
     return tuple(sorted(value.items())) if isinstance(value, dict) else value

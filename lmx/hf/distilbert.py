@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from lmx.hf.core import HFTransformer, Rule, hashable, label_fields, linear, norm
-from lmx.peft import NO_PEFT
+from lmx.hf.core import (HFTransformer, Rule, hf_extra_fields, label_fields, linear, norm,
+                          strip_and_untie, text_inputs, transformer_module)
 from lmx.transformer import TransformerConfig
 
 MODEL_TYPES = ("distilbert",)
@@ -48,14 +47,11 @@ def config(hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
 
 def build(hf: dict[str, Any], task: str, num_labels: int | None, peft_spec=None,
           **overrides: Any) -> HFTransformer:
-    labels = num_labels if num_labels is not None else len(hf.get("id2label") or {0: 0, 1: 1})
-    return HFTransformer(config(hf, **overrides), task=task, num_labels=labels, pooling="cls",
-                         peft=peft_spec or NO_PEFT, model_type="distilbert",
-                         hf_extra=tuple((k, hashable(hf[k])) for k in _KEEP if k in hf))
+    return transformer_module(config(hf, **overrides), hf, task, num_labels, peft_spec,
+                              "distilbert", "cls")
 
 
-def example_inputs(module) -> tuple:
-    return (jnp.zeros((1, 8), jnp.int32),)
+example_inputs = text_inputs
 
 
 def tensor_map(module) -> dict[str, Rule]:
@@ -77,14 +73,8 @@ def is_new_for_task(path: str) -> bool:
 
 
 def read_hook(tensors: dict[str, np.ndarray], module) -> dict[str, np.ndarray]:
-    tensors = {k.removeprefix(PREFIX): v for k, v in tensors.items()}
-    if "vocab_projector.weight" in tensors:
-        projector = tensors.pop("vocab_projector.weight")
-        if not np.array_equal(projector, tensors.get("embeddings.word_embeddings.weight",
-                                                     projector)):
-            raise ValueError("vocab_projector.weight differs from the word embeddings; lmx's "
-                             "MLM head ties them")
-    return tensors
+    return strip_and_untie(tensors, PREFIX, {
+        "vocab_projector.weight": "embeddings.word_embeddings.weight"})
 
 
 def write_hook(tensors: dict[str, np.ndarray], module) -> dict[str, np.ndarray]:
@@ -102,5 +92,4 @@ def to_hf_config(module) -> dict[str, Any]:
               max_position_embeddings=cfg.max_len, activation="gelu",
               sinusoidal_pos_embds=False, dropout=cfg.dropout_rate,
               attention_dropout=cfg.attention_dropout_rate, tie_word_embeddings=True)
-    hf |= {k: dict(v) if isinstance(v, tuple) else v for k, v in getattr(module, "hf_extra", ())}
-    return label_fields(hf, module)
+    return label_fields(hf | hf_extra_fields(module), module)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from lmx.hf.core import HFTransformer, Rule, hashable, label_fields, linear, norm
-from lmx.peft import NO_PEFT
+from lmx.hf.core import (HFTransformer, Rule, hf_extra_fields, label_fields, linear, norm,
+                          strip_and_untie, text_inputs, transformer_module)
 from lmx.transformer import Transformer, TransformerConfig
 
 MODEL_TYPES = ("gpt2",)
@@ -50,14 +49,11 @@ def config(hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
 
 def build(hf: dict[str, Any], task: str, num_labels: int | None, peft_spec=None,
           **overrides: Any) -> HFTransformer:
-    labels = num_labels if num_labels is not None else len(hf.get("id2label") or {0: 0, 1: 1})
-    return HFTransformer(config(hf, **overrides), task=task, num_labels=labels, pooling="last",
-                         peft=peft_spec or NO_PEFT, model_type="gpt2",
-                         hf_extra=tuple((k, hashable(hf[k])) for k in _KEEP if k in hf))
+    return transformer_module(config(hf, **overrides), hf, task, num_labels, peft_spec,
+                              "gpt2", "last")
 
 
-def example_inputs(module) -> tuple:
-    return (jnp.zeros((1, 8), jnp.int32),)
+example_inputs = text_inputs
 
 
 def tensor_map(module) -> dict[str, Rule]:
@@ -98,12 +94,8 @@ def is_new_for_task(path: str) -> bool:
 
 
 def read_hook(tensors: dict[str, np.ndarray], module) -> dict[str, np.ndarray]:
-    tensors = {k.removeprefix(PREFIX): v for k, v in tensors.items()}
-    if module.cfg.tie_embeddings and "lm_head.weight" in tensors:
-        lm_head = tensors.pop("lm_head.weight")
-        if not np.array_equal(lm_head, tensors.get("wte.weight", lm_head)):
-            raise ValueError("lm_head.weight differs from wte.weight but tie_word_embeddings")
-    return tensors
+    tied = {"lm_head.weight": "wte.weight"} if module.cfg.tie_embeddings else {}
+    return strip_and_untie(tensors, PREFIX, tied)
 
 
 def write_hook(tensors: dict[str, np.ndarray], module) -> dict[str, np.ndarray]:
@@ -122,5 +114,4 @@ def to_hf_config(module) -> dict[str, Any]:
               layer_norm_epsilon=cfg.norm_eps, activation_function=activation,
               tie_word_embeddings=cfg.tie_embeddings, resid_pdrop=cfg.dropout_rate,
               embd_pdrop=cfg.dropout_rate, attn_pdrop=cfg.attention_dropout_rate)
-    hf |= {k: dict(v) if isinstance(v, tuple) else v for k, v in getattr(module, "hf_extra", ())}
-    return label_fields(hf, module)
+    return label_fields(hf | hf_extra_fields(module), module)
