@@ -91,8 +91,8 @@ def test_base_identity_hashes_the_pretrained_weight_files(tmp_path):
 
 # --- kill / preempt / restart in subprocesses ------------------------------------------------
 
-RUN = ["--config", "experiments/tiny_synthetic.py:runlocal", "--config.train.num_steps=12",
-       "--config.train.checkpoint_every=3", "--config.train.log_every=1",
+RUN = ["--config", "experiments/tiny_synthetic.py:runlocal", "--config.train.num_steps=6",
+       "--config.train.checkpoint_every=2", "--config.train.log_every=1",
        "--config.train.eval_every=100", "--config.data.max_length=8"]
 
 
@@ -105,45 +105,73 @@ def subprocess_env(cache_dir, **extra):
     return env
 
 
-def _launch(workdir, cache_dir, fault=""):
-    env = subprocess_env(cache_dir, **({"LMX_FAULT": fault} if fault else {}))
-    return subprocess.Popen([sys.executable, "-m", "lmx.main", "--workdir", str(workdir), *RUN],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def launch(workdir, cache_dir, *flags, fault="", **env):
+    env = subprocess_env(cache_dir, **({"LMX_FAULT": fault} if fault else {}), **env)
+    return subprocess.Popen([sys.executable, "-m", "lmx.main", "--workdir", str(workdir), *RUN,
+                             *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
-def _finish(proc, timeout=240):
-    out, err = proc.communicate(timeout=timeout)
+def _finish(proc, timeout=300):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     return proc.returncode, out, err
 
 
 def read_trainable(path):
+    """An exported `trainable/` tree as numpy, whatever topology wrote it."""
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.StandardCheckpointer() as ckptr:
-        return jax.tree.map(np.asarray, ckptr.restore(os.path.abspath(path)))
+        saved = ckptr.metadata(os.path.abspath(path)).item_metadata.tree
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                              saved)
+        return jax.tree.map(np.asarray, ckptr.restore(os.path.abspath(path), target))
 
 
-def test_killed_and_preempted_run_resumes_bit_identical(tmp_path):
-    cache, run = tmp_path / "jax_cache", tmp_path / "run"
-    reference = _launch(tmp_path / "reference", cache)
-    code, _, err = _finish(_launch(run, cache, fault="save:6:KILL"))  # save 6 in flight
+_SESSION = {}  # test_multihost imports these fixtures: one cache and one reference run
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+    """One persistent compilation cache for every subprocess run of the session."""
+    if "cache" not in _SESSION:
+        _SESSION["cache"] = tmp_path_factory.mktemp("jax_cache")
+    return _SESSION["cache"]
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, jax_cache):
+    """The uninterrupted run (one process, 8 devices) the other runs must reproduce."""
+    if "reference" not in _SESSION:
+        workdir = tmp_path_factory.mktemp("reference")
+        code, out, err = _finish(launch(workdir, jax_cache))
+        assert code == 0, err[-3000:]
+        _SESSION["reference"] = workdir
+    return _SESSION["reference"]
+
+
+def test_killed_and_preempted_run_resumes_bit_identical(tmp_path, jax_cache, reference_run):
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    code, _, err = _finish(launch(run, jax_cache, fault="save:4:KILL"))  # save 4 in flight
     assert code == -9, err[-2000:]
-    ckpts = run / "checkpoints"
-    assert checkpoint.verify(ckpts / "3") == "" and checkpoint.verify(ckpts / "6") != ""
-    code, _, err = _finish(_launch(run, cache, fault="step:8:KILL"))  # between saves
-    assert code == -9 and "resumed from" in err and "at step 3" in err, err[-2000:]
-    code, out, err = _finish(_launch(run, cache, fault="step:10:TERM"))  # preemption notice
+    assert checkpoint.verify(ckpts / "2") == "" and checkpoint.verify(ckpts / "4") != ""
+    code, _, err = _finish(launch(run, jax_cache, fault="step:5:KILL"))  # between saves
+    assert code == -9 and "resumed from" in err and "at step 2" in err, err[-2000:]
+    code, out, err = _finish(launch(run, jax_cache, fault="step:5:TERM"))  # preemption notice
     assert code == 0 and "resumed from" in err, err[-2000:]
-    assert json.loads(out) == {"preempted": True, "step": 10}
-    assert checkpoint.verify(ckpts / "10") == ""
-    code, out, err = _finish(_launch(run, cache))
-    assert code == 0 and "at step 10" in err, err[-2000:]
-    code, _, err = _finish(reference)
-    assert code == 0, err[-2000:]
+    assert json.loads(out) == {"preempted": True, "step": 5}
+    assert checkpoint.verify(ckpts / "5") == ""
+    code, out, err = _finish(launch(run, jax_cache))
+    assert code == 0 and "at step 5" in err, err[-2000:]
     resumed, straight = read_trainable(run / "trainable"), read_trainable(
-        tmp_path / "reference" / "trainable")
+        reference_run / "trainable")
     assert jax.tree.structure(resumed) == jax.tree.structure(straight)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(resumed),
                             jax.tree.leaves(straight)):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
-    moved = read_trainable(run / "trainable")["peft"]["layer_0"]["attention"]["query"]["lora_b"]
-    assert np.abs(moved).max() > 0  # it trained (lora_b starts at zero)
+    lora_b = resumed["peft"]["layer_0"]["attention"]["query"]["lora_b"]
+    assert np.abs(lora_b).max() > 0  # it trained (lora_b starts at zero)
