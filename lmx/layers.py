@@ -98,7 +98,7 @@ class Dense(nn.Module):
         ia3 = self.peft.ia3_mode(self.scope.path)
         if ia3 == "input":  # IA3 on a feed-forward down projection scales its input
             scale_I = _peft_variable(self, "ia3", nn.initializers.ones, (in_features,),
-                                     self.axes[:1])
+                                     (None,))  # PEFT vectors are replicated (issue 5)
             x_BI = x_BI * scale_I.reshape((1,) * (x_BI.ndim - 1) + scale_I.shape)
         y_BO = matmul(x_BI, kernel_IO, self.dtype)
         if self.use_bias:
@@ -108,7 +108,7 @@ class Dense(nn.Module):
             y_BO = add_bias(y_BO, bias_O)
         if ia3 == "output":  # ... elsewhere its output, bias included (as HF PEFT)
             scale_O = _peft_variable(self, "ia3", nn.initializers.ones, (self.features,),
-                                     self.axes[1:])
+                                     (None,))
             y_BO = y_BO * scale_O.reshape((1,) * (y_BO.ndim - 1) + scale_O.shape)
         if self.peft.is_lora_target(self.scope.path):
             rank = self.peft.lora_rank

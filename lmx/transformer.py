@@ -151,7 +151,7 @@ class Embeddings(nn.Module):
         if not cfg.pre_norm:
             self.norm = _norm(cfg, "norm")
         if self.peft.num_prompt_tokens:
-            init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.RANK, ax.EMBED))
+            init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.RANK, None))
             shape = (self.peft.num_prompt_tokens, cfg.embed_dim)
             self.prompt = self.variable(PEFT, "prompt", lambda: init(self.make_rng("params"), shape))
         self.dropout = nn.Dropout(cfg.dropout_rate)
