@@ -271,3 +271,34 @@ def test_vit_checkpoints_serve_either_task(tmp_path, cls, task, head):
     kernel = next(p for p in new if p.endswith("kernel"))
     weight = next(n for n in added if n.endswith("weight"))
     np.testing.assert_array_equal(crossed[kernel], added[weight].T)
+
+
+def test_peft_lora_on_vit_loads_and_round_trips(tmp_path):
+    """A PEFT LoRA (query / value, classifier in modules_to_save) on a ViT classifier."""
+    import peft
+    folder = _hf_vit(transformers.ViTForImageClassification, tmp_path / "base")
+    torch.manual_seed(3)
+    base = transformers.ViTForImageClassification.from_pretrained(folder).eval()
+    model = peft.get_peft_model(base, peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                param.add_(torch.randn_like(param) * 0.3)
+    model.eval().save_pretrained(tmp_path / "adapter")
+    images_BHWC, images_BCHW = _images(VIT["image_size"])
+    with torch.no_grad():
+        expected = model(pixel_values=images_BCHW).logits
+    module, variables = hf.from_pretrained(folder, adapter=tmp_path / "adapter")
+    _assert_close("vit + PEFT LoRA logits", module.apply(variables, images_BHWC), expected)
+    hf.save_adapter(module, {"peft": variables["peft"],
+                             "params": {"head": variables["params"]["head"]}}, tmp_path / "again")
+    _, again = hf.from_pretrained(folder, adapter=tmp_path / "again")
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)
+    reloaded = peft.PeftModel.from_pretrained(
+        transformers.ViTForImageClassification.from_pretrained(folder).eval(),
+        tmp_path / "again").eval()
+    with torch.no_grad():
+        _assert_close("lmx-saved ViT LoRA in PEFT", reloaded(pixel_values=images_BCHW).logits,
+                      expected)

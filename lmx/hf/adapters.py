@@ -26,7 +26,8 @@ from lmx.peft import NO_PEFT, PeftSpec
 PEFT_CONFIG, LMX_CONFIG = "adapter_config.json", "lmx_adapter.json"
 WEIGHTS = "adapter_model.safetensors"
 TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS",
-              "causal_lm": "CAUSAL_LM", "hidden": "FEATURE_EXTRACTION", "mlm": None}
+              "causal_lm": "CAUSAL_LM", "hidden": "FEATURE_EXTRACTION", "mlm": None,
+              "image_classification": None}
 HEAD_MODULES = ("classifier", "score")  # PEFT's modules_to_save for classification tasks
 _UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "LoRA biases", "rank_pattern": "rank_pattern",
                 "alpha_pattern": "alpha_pattern", "layers_to_transform": "layers_to_transform",
@@ -41,8 +42,9 @@ def hf_modules(family, module) -> dict[str, tuple[str, tuple[int, int] | None]]:
     hook = getattr(family, "write_hook", None)
     if hook and module.task != "hidden":
         names = {old: new for old, new in zip(names, hook(dict(names), module))}
+    live = getattr(family, "peft_module_name", lambda name: name)
     return {path.split("/", 1)[1].rsplit("/", 1)[0]:
-            (names[rule.name].removesuffix(".weight"), rule.part)
+            (live(names[rule.name].removesuffix(".weight")), rule.part)
             for path, rule in rules.items() if path.endswith("/kernel")}
 
 

@@ -6,6 +6,8 @@ ViTModel's tanh pooler.
 """
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
 import flax.linen as nn
@@ -86,6 +88,25 @@ def build(hf_config: dict[str, Any], task: str, num_labels: int | None,
 def example_inputs(module: vit.ViT) -> tuple:
     cfg = module.cfg
     return (jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32),)
+
+
+# transformers 5 renames ViT's modules at load time (checkpoints keep the names above); PEFT
+# adapters name the live modules.
+_LIVE = ((r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)$",
+          lambda m: f"layers.{m[1]}.attention.{m[2][0]}_proj"),
+         (r"encoder\.layer\.(\d+)\.attention\.output\.dense$",
+          lambda m: f"layers.{m[1]}.attention.o_proj"),
+         (r"encoder\.layer\.(\d+)\.intermediate\.dense$", lambda m: f"layers.{m[1]}.mlp.fc1"),
+         (r"encoder\.layer\.(\d+)\.output\.dense$", lambda m: f"layers.{m[1]}.mlp.fc2"))
+
+
+def peft_module_name(checkpoint_module: str) -> str:
+    """The live transformers module name PEFT uses for a checkpoint module name."""
+    for pattern, rename in _LIVE:
+        match = re.search(pattern, checkpoint_module)
+        if match:
+            return checkpoint_module[:match.start()] + rename(match)
+    return checkpoint_module
 
 
 def tensor_map(module: vit.ViT) -> dict[str, Rule]:
