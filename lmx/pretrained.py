@@ -22,8 +22,9 @@ from safetensors.numpy import load_file
 from lmx.hf.tokenizer import Tokenizer, load_tokenizer  # noqa: F401  (the one tokenizer loader)
 from lmx.transformer import Transformer, TransformerConfig
 
-HUB_FILES = ["config.json", "*.safetensors", "tokenizer.json", "vocab.txt",
-             "tokenizer_config.json", "special_tokens_map.json"]
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
+             "vocab.txt", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json",
+             "special_tokens_map.json"]
 BERT_MODEL_TYPES = ("bert",)
 _BUFFERS = ("embeddings.position_ids",)  # saved by old torch versions; not weights
 
