@@ -3,7 +3,7 @@
 `initialize` is called by the launcher. Explicit flags win; otherwise a cluster is detected
 from the environment (Cloud TPU pod slices through JAX's own detection, SLURM, or the
 `JAX_COORDINATOR_ADDRESS` / `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID` variables a GPU launcher
-sets). A single process needs nothing.
+sets, or LMX_DISTRIBUTED=1 to let JAX detect it). A single process needs nothing.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from jax.sharding import NamedSharding
 
 def cluster_from_env(env=os.environ) -> str:
     """'' (single process) or which cluster the environment describes."""
+    if env.get("LMX_DISTRIBUTED") == "1":  # tpu/pod.py run: JAX detects the cluster itself
+        return "auto"
     if env.get("JAX_COORDINATOR_ADDRESS"):
         return "env"
     if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_JOB_ID"):
