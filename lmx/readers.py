@@ -11,6 +11,7 @@ Every error is a ValueError that starts with `file:line:` and says what was expe
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from typing import Any, Iterator, Sequence
@@ -119,7 +120,7 @@ def read_delimited(path: str, text_column: str, label_column: str, *,
     delimiter = "\t" if tsv else (delimiter or ",")
     quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
     rows = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(_decode(path, "utf-8"), newline="") as f:  # bad bytes name their line
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=True)
         try:
             header = next(reader, None)
@@ -232,8 +233,7 @@ def read_clinc150(path: str, split: str, *, include_oos: bool = True) -> list[di
     """CLINC150 data_full.json: `split` in train / val / test, plus `oos_<split>` (label `oos`)."""
     if split not in CLINC150_SPLITS:
         raise ValueError(f"split={split!r}: expected one of {CLINC150_SPLITS}")
-    with open(path, encoding="utf-8") as f:
-        splits = _json_split_items(path, f.read())
+    splits = _json_split_items(path, _decode(path, "utf-8"))
     keys = [split] + ([f"oos_{split}"] if include_oos else [])
     records = []
     for key in keys:
@@ -262,7 +262,7 @@ def read_text(path: str, encoding: str = "utf-8") -> str:
 def read_ratings(path: str) -> dict[str, np.ndarray]:
     """MovieLens ratings.csv (`userId,movieId,rating,timestamp`) as numpy arrays, file order."""
     columns: list[list] = [[], [], [], []]
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(_decode(path, "utf-8"), newline="") as f:
         reader = csv.reader(f, strict=True)
         header = tuple(next(reader, ()))
         if header != RATINGS_HEADER:
