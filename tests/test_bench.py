@@ -1,0 +1,79 @@
+"""The bench harness (bench/run.py, bench/gpu.sh) on its CI-sized settings, in subprocesses."""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAW_FIELDS = ("median_s", "examples_per_s", "mfu", "rss_peak_bytes", "rss_peak_increase_bytes",
+              "optimizer_state_bytes", "saved_trainable_bytes", "trainable_params",
+              "total_params")
+LMX_FIELDS = ("flops", "compile_s", "xla_peak_bytes", "xla_temp_bytes",
+              "frozen_optimizer_state_bytes")
+E2E_FIELDS = ("steps", "wall_s", "setup_s", "examples_per_s", "final_loss",
+              "rss_peak_increase_bytes")
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = REPO
+    return env
+
+
+def _numbers(tree, path=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _numbers(v, f"{path}/{k}")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _numbers(v, f"{path}/{i}")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield path, tree
+
+
+def test_tiny_suite_writes_every_field_and_lora_needs_fewer_flops(tmp_path):
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--suite", "tiny", "--dtypes",
+                           "float32", "--out", str(tmp_path)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=400)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    print(f"tiny suite: {elapsed:.1f} s")
+    results = json.loads((tmp_path / "results.json").read_text())
+    bad = [(p, v) for p, v in _numbers(results) if not math.isfinite(v)]
+    assert not bad, bad
+    assert results["machine"]["cpu_model"] and results["machine"]["versions"]["peft"]
+    assert results["ceiling"]["float32_flops_per_s"] > 0
+    assert [r["side"] for r in results["e2e"]] == ["lmx", "torch"]
+    for r in results["e2e"]:
+        assert all(r[f] > 0 for f in E2E_FIELDS), r
+    rows = {r["method"]: r for r in results["raw"]}
+    assert set(rows) == {"lora", "full"}
+    for r in rows.values():
+        assert all(r[side][f] > 0 for side in ("lmx", "torch") for f in RAW_FIELDS), r
+        assert all(f in r["lmx"] for f in LMX_FIELDS)
+    lora, full = rows["lora"]["lmx"], rows["full"]["lmx"]
+    # No weight gradients for frozen weights: a LoRA step costs fewer FLOPs than a full one.
+    assert lora["flops"] < full["flops"]
+    assert lora["frozen_optimizer_state_bytes"] == 0
+    assert lora["optimizer_state_bytes"] < full["optimizer_state_bytes"] / 10
+    assert lora["trainable_params"] == rows["lora"]["torch"]["trainable_params"] or (
+        lora["trainable_params"] < full["trainable_params"] / 10)
+    assert [c["scan_layers"] for c in results["compile"]] == [False, True]
+    assert results["lora_vs_full"][0]["flops_ratio"] < 1
+    md = (tmp_path / "RESULTS.md").read_text()
+    for needle in ("Command: `python -m bench.run --suite tiny", "Machine:", "Versions:",
+                   "GFLOP/s", "ex/s", "MiB", "## LoRA vs full fine-tuning inside lmx"):
+        assert needle in md
+
+
+def test_gpu_script_runs_tiny_on_cpu(tmp_path):
+    env = {**_env(), "BENCH_OUT": str(tmp_path), "BENCH_SKIP_SUITE": "1"}
+    proc = subprocess.run(["bash", os.path.join(REPO, "bench", "gpu.sh"), "--tiny"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "pretrain.json").read_text())
+    assert 0 < result["mfu"] < 1.5 and result["flops"] > 0
+    assert proc.stdout.strip().splitlines()[-1].startswith("| gpt2-tiny")
