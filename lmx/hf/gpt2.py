@@ -79,16 +79,6 @@ def tensor_map(module) -> dict[str, Rule]:
     return rules
 
 
-def peft_module_name(lmx_module: str) -> tuple[str, int | None]:
-    """The HF module a PEFT adapter targets for an lmx module, and the fused part index."""
-    parts = {"attention/query": 0, "attention/key": 1, "attention/value": 2}
-    for suffix, index in parts.items():
-        if lmx_module.endswith(suffix):
-            layer = lmx_module.split("/")[0].removeprefix("layer_")
-            return f"{PREFIX}h.{layer}.attn.c_attn", index
-    return None, None
-
-
 def is_new_for_task(path: str) -> bool:
     return path.startswith("params/head/")
 
