@@ -1,4 +1,5 @@
-"""What a run leaves in its workdir: metrics.jsonl, TensorBoard events, a curve PNG, results.json."""
+"""What a run leaves in its workdir (metrics.jsonl, TensorBoard events, a curve PNG, results.json)
+and the results table across runs: `python -m lmx.report RUN_DIR [RUN_DIR...] [--out FILE.md]`."""
 from __future__ import annotations
 
 import json
@@ -67,3 +68,131 @@ def write_json(workdir: str, name: str, payload: dict) -> str:
     with open(path, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=True)
     return path
+
+
+def hardware() -> str:
+    """What ran this process, in a few words: "1x NVIDIA H200", "2-core AMD EPYC CPU"."""
+    import jax  # noqa: PLC0415  (lazily: reading a report needs no backend)
+    devices = jax.devices()
+    if devices[0].platform != "cpu":
+        kinds = sorted({d.device_kind for d in devices})
+        return f"{len(devices)}x {' + '.join(kinds)}"
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "")
+    except OSError:  # not Linux
+        pass
+    model = model.removesuffix(" CPU").strip() or "unknown"
+    return f"{os.cpu_count()}-core {model} CPU"
+
+
+# The results table: `python -m lmx.report RUN_DIR [RUN_DIR...] [--out FILE.md]`.
+TABLE_COLUMNS = ("task", "method", "trainable %", "metric", "adapter bytes", "wall time",
+                 "hardware")
+
+
+def human_bytes(n: float) -> str:
+    """1412260 -> "1.3 MiB" (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_seconds(seconds: float) -> str:
+    """573.7 -> "9m 34s"; 12.3 -> "12.3s"; 3725 -> "1h 02m"."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _read_run_json(run_dir: str, name: str) -> dict:
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"run {run_dir!r} has no {name} ({path} does not exist)")
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def headline(results: dict) -> tuple[str, float] | None:
+    """The run's headline metric: results["headline"], else validation accuracy, f1, loss."""
+    if "headline" in results:
+        given = results["headline"]
+        if not isinstance(given, dict) or not {"name", "value"} <= set(given):
+            raise ValueError(f'"headline" must be {{"name": ..., "value": ...}}, got {given!r}')
+        return str(given["name"]), float(given["value"])
+    validation = results.get("validation") or {}
+    for name in ("accuracy", "f1", "loss"):
+        if name in validation:
+            return name, float(validation[name])
+    return None
+
+
+def table_row(run_dir: str) -> dict[str, str]:
+    """One table row (TABLE_COLUMNS -> text) from a run's results.json and config.json."""
+    results = _read_run_json(run_dir, "results.json")
+    config = _read_run_json(run_dir, "config.json")
+    try:
+        metric = headline(results)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{os.path.join(run_dir, 'results.json')}: {e}") from None
+    percent = results.get("trainable_percent")
+    return {
+        "task": str(results.get("experiment") or os.path.basename(os.path.normpath(run_dir))),
+        "method": str(results.get("method") or (config.get("peft") or {}).get("method", "?")),
+        "trainable %": "?" if percent is None else f"{percent:.2f}%",
+        "metric": "?" if metric is None else f"{metric[0]} {metric[1]:.4f}",
+        "adapter bytes": ("?" if results.get("adapter_bytes") is None
+                          else human_bytes(results["adapter_bytes"])),
+        "wall time": ("?" if results.get("train_seconds") is None
+                      else human_seconds(results["train_seconds"])),
+        "hardware": str(results.get("hardware") or "?"),
+    }
+
+
+def markdown_table(run_dirs: list[str]) -> str:
+    """The results table of `run_dirs`, one row each, in the order given."""
+    cell = lambda text: text.replace("|", r"\|").replace("\n", " ")
+    rows = [table_row(d) for d in run_dirs]
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
+             "|" + "|".join(" --- " for _ in TABLE_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cell(r[c]) for c in TABLE_COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    parser = argparse.ArgumentParser(
+        prog="python -m lmx.report",
+        description="One markdown results table from run folders (results.json + config.json).")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--out", help="also write the table to this file (e.g. results.md)")
+    args = parser.parse_args(argv)
+    try:
+        table = markdown_table(args.run_dirs)
+    except (OSError, ValueError) as e:
+        print(f"lmx.report: error: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
