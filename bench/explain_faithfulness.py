@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 from tqdm.auto import tqdm
 
-from lmx import loop
+from lmx import tasks
 from lmx.explain import faithfulness, pipeline, run as run_lib, text
 from lmx.explain.target import TextLogits, candidates, embed, text_context
 
@@ -29,7 +29,7 @@ COLUMNS = ("comprehensiveness", "sufficiency", "randomisation_spearman", "second
 
 def _batches(run, num, size):
     config = run.config
-    examples = loop.load_datasets(config)["validation"]
+    examples = tasks.get(config).load(config, _WORKDIR.value).validation
     vocabulary = run.vocabulary()
     pad_id, _ = run.pad_and_mask_ids()
     for start in range(0, num, size):

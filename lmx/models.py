@@ -15,7 +15,9 @@ from flax import traverse_util
 
 from lmx import peft as peft_lib, resnet, sharding, transformer
 
-NEW_FOR_TASK = ("head",)  # top-level param names a pretrained checkpoint need not have
+# Top-level param names a pretrained checkpoint need not have (initialised fresh, logged):
+# the task head, and BERT's pooler (absent from checkpoints pre-trained without NSP).
+NEW_FOR_TASK = ("head", "pooler")
 
 
 @dataclasses.dataclass
@@ -27,8 +29,11 @@ class Model:
     pretrained_dir: str = ""
 
 
-def _arch_config(config: ml_collections.ConfigDict, num_labels: int):
-    """The family config (and the HF folder / params when `model.pretrained` is set)."""
+def _arch_config(config: ml_collections.ConfigDict, num_labels: int,
+                 vocab_size: int | None = None):
+    """The family config (and the HF folder / params when `model.pretrained` is set).
+
+    `vocab_size`: a model trained from scratch takes its tokenizer's vocabulary."""
     m = config.model
     overrides = dict(dtype=m.dtype)
     if m.family == "transformer":
@@ -43,7 +48,11 @@ def _arch_config(config: ml_collections.ConfigDict, num_labels: int):
             if not isinstance(module, transformer.Transformer):
                 raise ValueError(f"config.model.pretrained={m.pretrained!r} is a "
                                  f"{type(module).__name__}, not a transformer")
+            if m.random_init:  # the same architecture and tokenizer, fresh weights
+                return module.cfg, None, str(model_dir)
             return module.cfg, variables["params"], str(model_dir)
+        if vocab_size is not None:
+            overrides["vocab_size"] = vocab_size
         return transformer.size(m.size, **overrides), None, ""
     if m.family == "resnet":
         if m.pretrained:
@@ -78,6 +87,10 @@ def _overlay(variables: dict, shardings: dict, loaded: dict, source: str) -> dic
     if missing or mismatched:
         raise ValueError(f"{source}: cannot load pretrained weights.\n  missing: "
                          f"{['/'.join(k) for k in missing]}\n  shape mismatch: {mismatched}")
+    fresh = sorted("/".join(k) for k in flat if k not in flat_loaded)
+    if fresh:
+        logging.warning("%s: %d parameters initialised fresh (not in the checkpoint): %s",
+                        source, len(fresh), fresh)
     unused = sorted("/".join(k) for k in flat_loaded if k not in flat)
     if unused:
         logging.warning("%s: %d pretrained tensors unused by this task: %s", source,
@@ -89,9 +102,9 @@ def _overlay(variables: dict, shardings: dict, loaded: dict, source: str) -> dic
 
 
 def create(config: ml_collections.ConfigDict, num_labels: int, mesh, rules,
-           rng: jax.Array) -> Model:
+           rng: jax.Array, vocab_size: int | None = None) -> Model:
     """Builds the model named by `config.model` / `config.peft` with sharded variables."""
-    cfg, loaded, model_dir = _arch_config(config, num_labels)
+    cfg, loaded, model_dir = _arch_config(config, num_labels, vocab_size)
     inputs = dummy_inputs(config)
     base = _module(config, cfg, num_labels, peft_lib.NO_PEFT)
     base_shapes = jax.eval_shape(lambda: nn.unbox(base.init(jax.random.key(0), *inputs)))

@@ -18,6 +18,8 @@ from flax import traverse_util
 from lmx import paths
 
 PEFT = "peft"  # the variable collection
+# Every linear layer of the encoder / decoder blocks (LoRA's strongest common setting).
+ALL_LINEAR = (r"params/layer_\d+/(attention/(query|key|value|out)|mlp/(up|down))/kernel",)
 METHODS = ("full", "lora", "houlsby", "pfeiffer", "bitfit", "prompt", "prefix", "ia3")
 
 

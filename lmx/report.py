@@ -39,8 +39,10 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(workdir: str, out_name: str = "curves.png") -> str:
-    """Training loss and validation metrics against step, one panel each."""
+def plot_curves(workdir: str, out_name: str = "curves.png",
+                metrics: tuple[str, ...] = ("accuracy", "macro_f1")) -> str:
+    """Training loss and validation metrics against step, one panel each (scores in [0, 1]:
+    metrics a task does not report are left out; perplexity-like ones belong to the loss)."""
     rows = read_metrics(workdir)
     train = [r for r in rows if r["split"] == "train"]
     valid = [r for r in rows if r["split"] == "validation"]
@@ -49,13 +51,14 @@ def plot_curves(workdir: str, out_name: str = "curves.png") -> str:
     if valid:
         left.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-",
                   label="validation loss")
-        for name in ("accuracy", "macro_f1"):
+        for name in (m for m in metrics if m in valid[0]):
             right.plot([r["step"] for r in valid], [r[name] for r in valid], "o-", label=name)
     left.set(xlabel="step", ylabel="loss", title="loss")
     right.set(xlabel="step", ylabel="score", title="validation", ylim=(0, 1))
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     path = os.path.join(workdir, out_name)
     fig.savefig(path, dpi=100)

@@ -108,3 +108,47 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class CharTokenizer:
+    """One id per character of a corpus (nanoGPT's shakespeare_char): exact bits per character.
+
+    Ids follow the sorted characters after the pad id 0; a character not in the vocabulary
+    is an error naming it (no silent unknown token).
+    """
+
+    def __init__(self, chars: Sequence[str]):
+        self.chars = list(chars)
+        self._index = {c: i + 1 for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls(sorted(set(text)))
+
+    @classmethod
+    def load(cls, path: str) -> "CharTokenizer":
+        with open(path, encoding="utf-8") as f:
+            return cls(json.load(f)["chars"])
+
+    def save(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"chars": self.chars}, f, ensure_ascii=False)
+
+    pad_id, bos_id, eos_id, special_ids = 0, None, None, (0,)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + 1
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._index.get(token)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        try:
+            return [self._index[c] for c in text]
+        except KeyError as e:
+            raise ValueError(f"character {e.args[0]!r} is not in the vocabulary of "
+                             f"{len(self.chars)} characters") from None
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return "".join(self.chars[i - 1] for i in (int(x) for x in ids) if i > 0)

@@ -6,7 +6,7 @@ are never differentiated and never donated, so they come back bit-identical.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -61,16 +61,21 @@ def forward(model: nn.Module, variables: Any, batch: dict, *, train: bool, rng=N
 
 
 def classification_loss(logits_BxL: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
-    """Weighted mean cross-entropy; `weights` zero out padding examples / tokens."""
+    """Weighted mean cross-entropy over every labelled position, for any task.
+
+    `labels` is (B,) for sequence / image classification or (B, T) for token-level tasks
+    (NER tags, masked or next tokens), where labels < 0 carry no loss; `weights` (B,) zero out
+    filler rows. `x` in the names stands for the optional T axis.
+    """
     labels_Bx = batch["labels"]
-    weights_Bx = batch["weights"].astype(jnp.float32)
+    rows_B = batch["weights"].astype(jnp.float32)
+    weights_Bx = rows_B.reshape(rows_B.shape + (1,) * (labels_Bx.ndim - 1)) * (labels_Bx >= 0)
     ce_Bx = optax.softmax_cross_entropy_with_integer_labels(
         logits_BxL.astype(jnp.float32), jnp.maximum(labels_Bx, 0))
-    total_weight = jnp.maximum(weights_Bx.sum(), 1.0)
-    loss = (ce_Bx * weights_Bx).sum() / total_weight
+    loss_sum = (ce_Bx * weights_Bx).sum()
     correct = ((logits_BxL.argmax(-1) == labels_Bx) * weights_Bx).sum()
-    return loss, {"loss_sum": (ce_Bx * weights_Bx).sum(), "correct": correct,
-                  "count": weights_Bx.sum()}
+    return loss_sum / jnp.maximum(weights_Bx.sum(), 1.0), {
+        "loss_sum": loss_sum, "correct": correct, "count": weights_Bx.sum()}
 
 
 def trainable_grads(state: TrainState, frozen: Any, batch: dict, rng: jax.Array, *,
@@ -111,8 +116,11 @@ def train_step(state: TrainState, frozen: Any, batch: dict, *, model: nn.Module,
 
 
 def eval_step(trainable: Any, frozen: Any, model_state: Any, batch: dict, *,
-              model: nn.Module) -> dict:
-    """Loss sums and predictions for one batch (weights mark real examples)."""
+              model: nn.Module, outputs: Callable[[jax.Array, dict], dict] | None = None
+              ) -> dict:
+    """Loss sums for one batch, plus what the task's `outputs(logits, batch)` returns
+    (default: the argmax predictions)."""
     logits, _ = forward(model, merge(trainable, frozen, model_state), batch, train=False)
     _, aux = classification_loss(logits, batch)
-    return {**aux, "predictions": logits.argmax(-1)}
+    extra = outputs(logits, batch) if outputs else {"predictions": logits.argmax(-1)}
+    return {**aux, **extra}

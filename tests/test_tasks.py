@@ -1,0 +1,207 @@
+"""The trainer's tasks end to end on tiny local files: NER (entity F1), causal LM (char
+tokens, sample), masked LM (sentencepiece trained on the corpus, HF export, transfer and its
+random-init baseline), PhraseBank / CLINC150 readers and their scores, the shared loss."""
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lmx.hf
+from lmx import config as config_lib, loop, tasks, transformer
+from lmx.train import classification_loss
+
+WORDS = ["alice", "bob", "carol", "paris", "london", "rome", "visited", "met", "likes", "the",
+         "city", "and", "in", "today", "acme", "corp", "bought", "a", "house", "near"]
+PEOPLE, PLACES = ("alice", "bob", "carol"), ("paris", "london", "rome")
+
+
+def _tiny_bert_folder(folder, task="hidden"):
+    """A random lmx bert-tiny saved as a HF BERT folder with a WordPiece vocab.txt."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    cfg = transformer.size("bert-tiny", vocab_size=len(vocab))
+    module = transformer.Transformer(cfg, task=task)
+    variables = nn.unbox(module.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32)))
+    lmx.hf.save_pretrained(module, jax.tree.map(np.asarray, dict(variables)), folder)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return str(folder)
+
+
+def _conll(path, n, seed):
+    """IOB1 sentences: people are I-PER, places I-LOC (a second place right after a first
+    one starts with B-LOC, as IOB1 requires)."""
+    rng = np.random.default_rng(seed)
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for _ in range(n):
+        words = [str(w) for w in rng.choice(WORDS, size=int(rng.integers(3, 9)))]
+        prev = "O"
+        for w in words:
+            tag = "I-PER" if w in PEOPLE else "I-LOC" if w in PLACES else "O"
+            if tag != "O" and prev == tag:
+                tag = "B-" + tag[2:]
+            lines.append(f"{w} NN O {tag}")
+            prev = tag if tag != "O" else "O"
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _base(tmp_path, **data):
+    c = config_lib.base_config()
+    c.model.dropout_rate = c.model.attention_dropout_rate = 0.0
+    c.train.batch_size, c.train.eval_batch_size = 8, 16
+    c.train.log_every = 10
+    for key, value in data.items():
+        setattr(c.data, key, value)
+    return c
+
+
+def test_token_loss_ignores_unlabelled_positions_and_filler_rows():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, (3, 5)).astype(np.int32)
+    labels[0, :2] = -100
+    weights = np.array([1.0, 1.0, 0.0], np.float32)
+    loss, aux = classification_loss(jnp.asarray(logits), {"labels": labels, "weights": weights})
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, np.maximum(labels, 0))
+    keep = (labels >= 0) & (weights[:, None] > 0)
+    np.testing.assert_allclose(loss, ce[keep].mean(), rtol=1e-6)
+    assert float(aux["count"]) == keep.sum()
+    assert float(aux["correct"]) == ((logits.argmax(-1) == labels) & keep).sum()
+
+
+def test_ner_trains_and_scores_entities(tmp_path):
+    c = _base(tmp_path, kind="conll", train_file=_conll(tmp_path / "train.txt", 400, 0),
+              validation_file=_conll(tmp_path / "valid.txt", 60, 1), max_length=16)
+    c.model.pretrained = _tiny_bert_folder(tmp_path / "bert")
+    c.model.task = "token_classification"
+    c.peft.method = "full"
+    c.train.num_steps, c.train.learning_rate = 150, 3e-3
+    results = loop.run(c, str(tmp_path / "run"))
+    assert results["validation"]["f1"] > 0.9, results["validation"]
+    assert set(results["validation"]) >= {"f1", "precision", "recall", "f1_PER", "f1_LOC"}
+    assert results["headline"] == {"name": "f1", "value": results["validation"]["f1"]}
+    report = (tmp_path / "run" / "entity_report.txt").read_text()
+    assert "PER" in report and "LOC" in report
+
+
+def test_words_cut_by_max_length_are_predicted_outside(tmp_path):
+    c = _base(tmp_path, kind="conll", max_length=4)
+    task = tasks.TokenClassification(c)
+    task.label_names = ["O", "B-PER"]
+    split = [{"words": ["alice", "met", "bob"], "tags": ["B-PER", "O", "B-PER"]}]
+    # [CLS] alice met [SEP]: bob was cut; predictions at the two first sub-tokens only
+    host = {"index": np.array([0, -1]), "labels": np.array([[-100, 1, 0, -100]] * 2)}
+    out = {"predictions": np.array([[0, 1, 1, 0]] * 2)}
+    assert task.predicted_tags(split, [(host, out)]) == [["B-PER", "B-PER", "O"]]
+    scores = task.scores(split, [(host, out)])
+    assert scores["precision"] == 0.5 and scores["recall"] == 0.5
+
+
+def test_clinc150_scores_in_scope_accuracy_and_oos_recall():
+    task = tasks.SequenceClassification(config_lib.base_config())
+    task.label_names = ["alarm", "oos", "weather"]
+    host = {"labels": np.array([0, 2, 1, 1, 2]), "real": np.array([True] * 4 + [False])}
+    out = {"predictions": np.array([0, 0, 1, 2, 2])}
+    scores = task.scores(None, [(host, out)])
+    assert scores["in_scope_accuracy"] == 0.5  # alarm right, weather wrong
+    assert scores["oos_recall"] == 0.5
+    assert scores["accuracy"] == 0.5
+
+
+def test_phrasebank_and_clinc150_files_feed_classification(tmp_path):
+    bank = tmp_path / "Sentences_AllAgree.txt"
+    bank.write_bytes("\n".join(f"{w} the city@{lab}" for w, lab in zip(
+        WORDS * 3, ["positive", "negative", "neutral"] * 20)).encode("latin-1") + b"\n")
+    c = _base(tmp_path, kind="phrasebank", train_file=str(bank), validation_fraction=0.2)
+    c.model.pretrained = _tiny_bert_folder(tmp_path / "bert")
+    data = tasks.SequenceClassification(c).load(c, str(tmp_path))
+    assert data.label_names == ["negative", "neutral", "positive"]
+    assert len(data.train) + len(data.validation) == 60
+    clinc = tmp_path / "data_full.json"
+    clinc.write_text(json.dumps({
+        "train": [["alice met bob", "greet"], ["the city", "travel"]],
+        "val": [["bob met alice", "greet"]], "test": [["rome", "travel"]],
+        "oos_train": [["acme corp", "oos"]], "oos_val": [["a house", "oos"]],
+        "oos_test": [["near", "oos"]]}))
+    c = _base(tmp_path, kind="clinc150", train_file=str(clinc), validation_split="val",
+              test_file=str(clinc), test_split="test")
+    c.model.pretrained = str(tmp_path / "bert")
+    data = tasks.SequenceClassification(c).load(c, str(tmp_path))
+    assert data.label_names == ["greet", "oos", "travel"]
+    assert (len(data.train), len(data.validation), len(data.test)) == (3, 2, 2)
+
+
+def test_causal_lm_learns_a_pattern_and_samples(tmp_path):
+    text = "to be or not to be, that is the question.\n" * 200
+    (tmp_path / "corpus.txt").write_text(text)
+    c = _base(tmp_path, kind="text", tokenizer="char", train_file=str(tmp_path / "corpus.txt"),
+              max_length=32, sample_tokens=20)
+    c.model.size, c.model.task, c.peft.method = "gpt2-tiny", "causal_lm", "full"
+    c.train.num_steps, c.train.learning_rate = 200, 1e-2
+    results = loop.run(c, str(tmp_path / "run"))
+    assert results["validation"]["nats_per_char"] < 0.3, results["validation"]
+    assert results["validation"]["bits_per_character"] == pytest.approx(
+        results["validation"]["nats_per_char"] / np.log(2))
+    assert len(results["sample"]) >= 20
+    assert set(results["sample"]) <= set(text)
+    assert (tmp_path / "run" / "sample.txt").read_text() == results["sample"]
+
+
+def test_causal_lm_batches_resume_exactly(tmp_path):
+    c = _base(tmp_path, max_length=8)
+    task = tasks.CausalLM(c)
+    stream = np.arange(500, dtype=np.int32)
+    fresh = task.train_batches(stream, 0)
+    batches = [next(fresh) for _ in range(4)]
+    resumed = next(task.train_batches(stream, 3))
+    for key in batches[3]:
+        np.testing.assert_array_equal(batches[3][key], resumed[key])
+    np.testing.assert_array_equal(batches[0]["labels"], batches[0]["ids"] + 1)  # next token
+
+
+def test_mlm_pretrain_exports_and_transfers(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(WORDS, size=int(rng.integers(4, 12)))) for _ in range(3000)]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
+    c = _base(tmp_path, kind="text", train_file=str(tmp_path / "corpus.txt"),
+              tokenizer_vocab_size=300, max_length=24, validation_fraction=0.05)
+    c.model.size, c.model.task, c.peft.method = "bert-tiny", "mlm", "full"
+    c.train.num_steps, c.train.learning_rate = 60, 5e-3
+    results = loop.run(c, str(tmp_path / "mlm"))
+    assert results["validation"]["perplexity"] < 300  # below uniform over the vocabulary
+    exported = tmp_path / "mlm" / "hf"
+    assert (exported / "tokenizer.model").exists() and (exported / "config.json").exists()
+    module, variables = lmx.hf.from_pretrained(str(exported), task="hidden")
+    embeddings = variables["params"]["embed"]["token"]["embedding"]
+    assert embeddings.shape[0] == 300
+
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("text,category\n" + "".join(
+        f"{line},{'people' if any(p in line.split() for p in PEOPLE) else 'none'}\n"
+        for line in lines[:400]))
+    firsts = {}
+    for random_init in (False, True):
+        t = _base(tmp_path, kind="csv_classification", train_file=str(labelled), max_length=24)
+        t.model.pretrained, t.model.random_init = str(exported), random_init
+        t.peft.method, t.train.num_steps = "full", 2
+        trainer = loop.Trainer(t, str(tmp_path / f"transfer{random_init}"))
+        firsts[random_init] = np.asarray(
+            trainer.state.trainable["params"]["embed"]["token"]["embedding"])
+    np.testing.assert_array_equal(firsts[False], embeddings)  # the pre-trained weights
+    assert not np.allclose(firsts[True], embeddings)  # random_init: fresh weights
+
+
+def test_config_rejects_a_task_its_data_cannot_feed(tmp_path):
+    c = _base(tmp_path, kind="conll", train_file=__file__)
+    c.model.pretrained = "x"
+    c.model.task = "causal_lm"
+    with pytest.raises(ValueError, match="data.kind='conll' cannot feed model.task='causal_lm'"):
+        config_lib.validate(c, 1)
+    c = _base(tmp_path, kind="text", train_file=__file__)
+    c.model.task = "mlm"
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        config_lib.validate(c, 1)
