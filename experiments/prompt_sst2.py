@@ -16,7 +16,14 @@ hidden state at [MASK] dotted with its words' tied input embeddings (see lmx/pro
 the verbalizer is chosen on 200 TRAIN sentences, never on dev.
 This file is not a trainer config: `python -m lmx.main` does not run it (RUNNER below).
 
-Hardware: 2-core CPU (no GPU). Wall time and accuracy: see the README results table.
+Measured (2-core AMD EPYC CPU, no GPU, shared with a benchmark; `nice -n 19`): 18 min wall
+for the default command. Selection on 200 train sentences chose wonderful/awful (calibrated
+0.600 vs 0.535 great/terrible, 0.535 positive/negative, 0.485 good/bad). Dev accuracy (872;
+majority class 0.509), mean ± std over seeds 0, 1, 2:
+  zero-shot  raw 0.514 (99% of predictions "positive")   calibrated 0.573
+  16-shot    raw 0.627 ± 0.027                           calibrated 0.558 ± 0.046
+  32-shot    raw 0.635 ± 0.044                           calibrated 0.615 ± 0.059
+Far below fine-tuned SST-2 numbers: this checkpoint was never trained to fill masks.
 """
 import os
 
