@@ -11,7 +11,11 @@ held-out eng.testb) with `--config.data.test_file=PATH/eng.testb`. Data:
 Tags are converted from IOB1 (as distributed) to BIO in code; the first sub-token of each word
 carries its tag; the metric is seqeval's entity-level micro F1 (default mode), with a
 conlleval-style per-type report in WORKDIR/entity_report.txt.
-Hardware: 2-core CPU (no GPU). Wall time and F1: see the README results table.
+Hardware: 2-core AMD EPYC CPU (no GPU). Measured (default LoRA, 2026-11-29): eng.testa entity
+F1 0.8921 (P 0.8828, R 0.9015; PER 0.942, LOC 0.928, ORG 0.823, MISC 0.817) after 4 epochs
+(1,752 steps), 45 min wall on a CPU shared with other jobs (37.7 min of training steps);
+LoRA r=16 on all six linear layers per block: 667,017 trainable of 23.2M parameters (2.87%),
+2.5 MB saved. The README results table keeps these numbers.
 """
 import os
 
