@@ -79,7 +79,7 @@ def test_sharding_preset_and_data_files_are_checked(tmp_path):
         config_lib.validate(config, 8)
     assert "config.data.train_file=" in str(error.value) and "nope.csv': no such file" in str(
         error.value)
-    assert "config.model.pretrained is empty" in str(error.value)  # every error at once
+    assert "config.model.pretrained, config.data.tokenizer and" in str(error.value)  # all at once
 
 
 def test_run_validates_before_building_anything(tmp_path, monkeypatch):
