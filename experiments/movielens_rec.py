@@ -2,17 +2,30 @@
 
 Command:
   python -m lmx.main --config experiments/movielens_rec.py --workdir runs/movielens_rec
-Variants through the arg string: `runlocal` (a few steps on a CPU).
+Variant `runlocal`: 10 steps (30 s on the CPU below; the numbers mean nothing).
 
-Data: ratings.csv of ml-latest-small (GroupLens), expected at
-../shared/data/movielens_ml_latest_small/ratings.csv next to the repository; point elsewhere
-with `--config.data.train_file=PATH/ratings.csv`.
+Data: ratings.csv of ml-latest-small (GroupLens; 610 users, 9,724 movies, 100,836 ratings),
+read from ../shared/data/movielens_ml_latest_small/ next to the repository (not shipped with
+lmx; config validation names the path when it is missing). Elsewhere:
+`--config.data.train_file=PATH/ratings.csv`.
 
-Protocol: leave-one-out (last item = test, second to last = validation), full ranking over
-all items with the user's earlier items excluded (lmx/recsys.py); the run also reports a
-popularity baseline under the same protocol (results.json "popularity_baseline").
+Protocol (lmx/recsys.py): leave-one-out (last rating = test, second to last = validation),
+the model's scores at an appended [MASK] rank all 9,724 movies (no sampled negatives) with
+the user's earlier movies excluded; results.json also holds "popularity_baseline", the
+training-count ranking under the same protocol.
 
-Hardware: 2-core CPU (no GPU). Wall time and metrics: TBD.
+Hardware: 2-core AMD EPYC CPU (no GPU), nice 19 on a shared machine. 20 epochs = 1,640
+steps of 64 rows: 37.6 min wall (2,050 s training at 51 rows/s, slowed by other jobs; the same
+run trains at ~165 rows/s on a quieter machine: about 11 min). Deterministic: a rerun
+gave the same numbers.
+                     HR@1    HR@10   NDCG@10
+  validation model   0.0115  0.0623  0.0322
+             popular 0.0066  0.0311  0.0172
+  test       model   0.0131  0.0689  0.0358
+             popular 0.0033  0.0410  0.0188
+610 users per split: one hit is 0.0016 of HR; HR@10's standard error is about 0.01.
+Validation HR@10 per epoch stays at the popularity level for ~8 epochs, then climbs to
+0.06-0.075 (epochs 11-20).
 """
 import os
 
