@@ -7,35 +7,44 @@ The corpus (1,115,394 characters, 65 distinct) is split 90 / 10 as nanoGPT does 
 lmx/transformer.py), 256-character context, batch 32, AdamW 1e-3 with cosine decay. The
 metric is validation loss in nats per character (= per token here); a 300-character sample
 (temperature 0.8, top-k 40) is printed and written to WORKDIR/sample.txt at the end.
+The run exports the decoder as a HF GPT-2 folder with its character vocabulary
+(runs/shakespeare_gpt/hf), which variant `adapt` LoRA-adapts (r=8 on every linear layer) to
+another domain, SST-2's movie-review sentences (../shared/data/sst2, text column only; the 0.3%
+of characters outside Shakespeare's 65, mostly digits, become "$", a count the run logs):
+  python -m lmx.main --config experiments/tiny_shakespeare_gpt.py:adapt --workdir runs/shakespeare_sst2_lora
+  (`adapt,full`: full fine-tuning instead; the pre-trained model alone on the same
+  validation text: add `--config.train.learning_rate=0 --config.train.num_steps=1`)
 Variant `runlocal`: a few steps. Data: ../shared/data/tiny_shakespeare (public-domain text).
 Hardware: 2-core CPU (no GPU). Wall time and loss: see the README results table.
 """
 import os
 
 from lmx.config import base_config
+from lmx.peft import ALL_LINEAR
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                    "tiny_shakespeare")
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+DATA = os.path.join(REPO, "..", "shared", "data", "tiny_shakespeare")
+SST2 = os.path.join(REPO, "..", "shared", "data", "sst2")
 
 
 def get_config(arg: str = ""):
     args = [a for a in arg.split(",") if a]
     c = base_config()
     c.model.family, c.model.size, c.model.task = "transformer", "gpt-char", "causal_lm"
-    c.model.dropout_rate = c.model.attention_dropout_rate = 0.1
+    c.model.dropout_rate = c.model.attention_dropout_rate = 0.0
     c.peft.method = "full"
     c.data.kind = "text"
     c.data.tokenizer = "char"
     c.data.train_file = os.path.join(DATA, "input.txt")
     c.data.validation_fraction = 0.1
-    c.data.max_length = 256
+    c.data.max_length = 128
     c.data.sample_tokens = 300
     c.train.batch_size = 32
     c.train.eval_batch_size = 64
-    c.train.num_steps = 1500
-    c.train.eval_every = 500
-    c.train.checkpoint_every = 500
-    c.train.learning_rate = 1e-3
+    c.train.num_steps = 1000
+    c.train.eval_every = 250
+    c.train.checkpoint_every = 250
+    c.train.learning_rate = 2e-3
     c.train.decay = "cosine"
     c.train.warmup_fraction = 0.03
     c.train.weight_decay = 0.1
@@ -46,6 +55,17 @@ def get_config(arg: str = ""):
             c.train.eval_every = 20
             c.data.max_length = 64
             c.data.sample_tokens = 40
+        elif a == "adapt":
+            c.model.pretrained = os.path.join(REPO, "runs", "shakespeare_gpt", "hf")
+            c.data.tokenizer, c.data.unknown_char = "", "$"
+            c.data.train_file = os.path.join(SST2, "train.tsv")
+            c.data.validation_file = os.path.join(SST2, "dev.tsv")
+            c.data.text_column, c.data.label_column = "sentence", "label"
+            c.peft.method, c.peft.lora.targets = "lora", ALL_LINEAR
+            c.train.num_steps, c.train.eval_every, c.train.checkpoint_every = 300, 100, 100
+            c.train.learning_rate = 2e-3
+        elif a == "full":
+            c.peft.method, c.train.learning_rate = "full", 5e-4
         else:
             raise ValueError(f"experiments/tiny_shakespeare_gpt.py: unknown arg {a!r}")
     return c

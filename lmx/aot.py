@@ -60,8 +60,9 @@ def lower(config: ml_collections.ConfigDict, num_devices: int, num_labels: int =
     specs = nn.get_partition_spec(boxed)
     variables = _with_sharding(nn.unbox(boxed), sharding.logical_to_shardings(specs, mesh, rules))
     learnable = {k: v for k, v in variables.items() if k in TRAINABLE_COLLECTIONS}
-    labels = optim.trainable_labels(learnable, peft_lib.trainable_patterns(config.peft),
-                                    what="config.peft.trainable")
+    labels = optim.trainable_labels(
+        learnable, peft_lib.trainable_patterns(config.peft, learnable),
+        what="config.peft.trainable")
     tx = optim.make_optimizer(config.train, labels, max(config.train.num_steps, 1000))
     boxed_learnable = {k: v for k, v in boxed.items() if k in TRAINABLE_COLLECTIONS}
     opt_specs = nn.get_partition_spec(jax.eval_shape(tx.init, boxed_learnable))

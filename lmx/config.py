@@ -37,8 +37,12 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(dict(
         # "csv_classification" (CSV / TSV) | "phrasebank" | "clinc150" | "conll" | "text" (raw
-        # corpus) | "movielens" (ratings.csv) | "digits" | "synthetic" (tests)
+        # corpus) | "movielens" (ratings.csv) | "images" (tfds:cifar10) | "digits" |
+        # "synthetic" (tests). A file may be "tfds:NAME" (a tfds catalog dataset mapped by
+        # lmx.tfds_sources, e.g. tfds:glue/sst2, tfds:conll2003, tfds:tiny_shakespeare); its
+        # split is data.train_split / validation_split / test_split.
         kind="csv_classification",
+        tfds_dir="",  # tfds data_dir ("" = tfds' default, ~/tensorflow_datasets)
         train_file="",
         validation_file="",  # "" = carve validation_fraction out of train_file
         validation_fraction=0.1,
@@ -53,9 +57,13 @@ def base_config() -> ml_collections.ConfigDict:
         # sentencepiece unigram model of this size on the train file into WORKDIR/tokenizer
         mlm_rate=0.15,  # masked-LM: fraction of tokens picked (80/10/10)
         sample_tokens=0,  # causal LM: print a sample of this many tokens at the end
+        unknown_char="",  # char tokenizers: a vocabulary character standing for any other
+        # ("" = a character outside the vocabulary is an error); the count is logged
         text_column="text",
         label_column="category",
         labels_file="",  # JSON list of label names; "" = sorted labels of the train file
+        keep_labels="",  # images / digits: comma-separated label names to keep (e.g. "5,6,7,
+        # 8,9"), renumbered in this order; the other examples are dropped (transfer setups)
         max_length=64,
         pad_multiple=16,  # pad batches to a multiple of this (fewer shapes to compile)
         bucket_batches=50,  # sort by length within windows of this many batches
@@ -98,7 +106,7 @@ CHOICES = {
     "model.task": ("sequence_classification", "token_classification", "mlm", "causal_lm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.kind": ("csv_classification", "phrasebank", "clinc150", "conll", "text", "movielens",
-                  "digits", "synthetic"),
+                  "images", "digits", "synthetic"),
     "data.tag_scheme": ("iob1", "bio"),
     "train.decay": ("linear", "cosine"),
     "explain.baseline": ("zero", "pad", "mask"),
@@ -111,7 +119,7 @@ NON_NEGATIVE = ("train.num_steps", "train.eval_every", "train.checkpoint_every",
                 "data.sample_tokens", "data.tokenizer_vocab_size")
 # Which tasks read which data kinds (images and the toy task are sequence classification).
 TASK_KINDS = {"sequence_classification": ("csv_classification", "phrasebank", "clinc150",
-                                          "digits", "synthetic"),
+                                          "images", "digits", "synthetic"),
               "token_classification": ("conll",), "mlm": ("text", "movielens"),
               "causal_lm": ("text",)}
 TEXT_KINDS = ("csv_classification", "phrasebank", "clinc150", "conll", "text")
@@ -172,6 +180,9 @@ def _value_errors(flat: dict) -> list[str]:
     for key in ("data.validation_fraction", "train.warmup_fraction"):
         if not 0 <= flat[key] < 1:
             errors.append(f"config.{key}={flat[key]!r} must be in [0, 1)")
+    if flat["data.keep_labels"] and flat["data.kind"] not in ("images", "digits"):
+        errors.append(f"config.data.keep_labels={flat['data.keep_labels']!r} applies to "
+                      f"data.kind 'images' / 'digits', not {flat['data.kind']!r}")
     if not 0 < flat["data.mlm_rate"] < 1:
         errors.append(f"config.data.mlm_rate={flat['data.mlm_rate']!r} must be in (0, 1)")
     if flat["data.kind"] not in ("digits", "synthetic"):
@@ -184,8 +195,14 @@ def _value_errors(flat: dict) -> list[str]:
                           "pretrained model's, or one trained on the train file)")
         for key in ("data.train_file", "data.validation_file", "data.test_file",
                     "data.labels_file"):
+            if flat[key].startswith("tfds:") and key != "data.labels_file":
+                continue  # a tfds catalog name: lmx.tfds_sources checks it when loading
             if (flat[key] or key == "data.train_file") and not os.path.isfile(flat[key]):
                 errors.append(f"config.{key}={flat[key]!r}: no such file")
+        if flat["data.kind"] == "images" and not flat["data.train_file"].startswith("tfds:"):
+            errors.append(f"config.data.kind='images' reads a tfds image dataset: "
+                          f"config.data.train_file={flat['data.train_file']!r} should be "
+                          "'tfds:NAME' (e.g. 'tfds:cifar10')")
         if flat["data.tokenizer"] not in ("", "char") and not os.path.isdir(
                 flat["data.tokenizer"]):
             errors.append(f"config.data.tokenizer={flat['data.tokenizer']!r}: not 'char' and "

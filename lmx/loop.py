@@ -49,8 +49,9 @@ class Trainer:
                                    vocab_size=loaded.vocab_size)
         variables = self.model.variables
         learnable = {k: v for k, v in variables.items() if k in TRAINABLE_COLLECTIONS}
-        self.labels = optim.trainable_labels(learnable, peft_lib.trainable_patterns(config.peft),
-                                             what="config.peft.trainable")
+        self.labels = optim.trainable_labels(
+            learnable, peft_lib.trainable_patterns(config.peft, learnable),
+            what="config.peft.trainable")
         self.steps_per_epoch = self.task.steps_per_epoch(loaded.train, config.train.batch_size)
         self.total_steps = (config.train.num_steps or
                             int(math.ceil(config.train.num_epochs * self.steps_per_epoch)))
@@ -336,6 +337,8 @@ def _finish(trainer: Trainer, writer: report.MetricWriter, workdir: str, start: 
         train_seconds=train_seconds,
         examples_per_second=trained_examples / train_seconds if train_seconds else 0.0,
         label_names=trainer.datasets["label_names"],
+        data={f"{split}_examples": len(trainer.datasets[split])  # what the scores are over
+              for split in ("train", "validation", "test") if trainer.datasets[split] is not None},
         task=trainer.config.model.task,
         headline={"name": trainer.task.headline(),
                   "value": results["validation"][trainer.task.headline()]},

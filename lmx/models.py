@@ -50,14 +50,24 @@ def _arch_config(config: ml_collections.ConfigDict, num_labels: int,
                                  f"{type(module).__name__}, not a transformer")
             if m.random_init:  # the same architecture and tokenizer, fresh weights
                 return module.cfg, None, str(model_dir)
-            return module.cfg, variables["params"], str(model_dir)
+            return module.cfg, {"params": variables["params"]}, str(model_dir)
         if vocab_size is not None:
             overrides["vocab_size"] = vocab_size
         return transformer.size(m.size, **overrides), None, ""
     if m.family == "resnet":
-        if m.pretrained:
-            raise ValueError("config.model.pretrained: ResNet import for training is not wired "
-                             "yet (lmx.hf.from_pretrained reads ResNetForImageClassification)")
+        if m.pretrained:  # a HF ResNetForImageClassification folder (e.g. an lmx export)
+            import lmx.hf  # noqa: PLC0415
+            from lmx import pretrained  # noqa: PLC0415
+            model_dir = pretrained.resolve_model_dir(m.pretrained)
+            module, variables = lmx.hf.from_pretrained(
+                model_dir, task="image_classification", num_labels=num_labels,
+                fresh_heads=False, **overrides)
+            if not isinstance(module, resnet.ResNet):
+                raise ValueError(f"config.model.pretrained={m.pretrained!r} is a "
+                                 f"{type(module).__name__}, not a ResNet")
+            if m.random_init:
+                return module.cfg, None, str(model_dir)
+            return module.cfg, variables, str(model_dir)
         return resnet.size(m.size, **overrides), None, ""
     raise ValueError(f"config.model.family={m.family!r} is not 'transformer' or 'resnet'")
 
@@ -77,9 +87,18 @@ def dummy_inputs(config: ml_collections.ConfigDict) -> tuple:
 
 
 def _overlay(variables: dict, shardings: dict, loaded: dict, source: str) -> dict:
-    """Replaces init params by pretrained ones; missing base params and bad shapes are errors."""
-    flat = traverse_util.flatten_dict(variables["params"])
-    flat_sh = traverse_util.flatten_dict(shardings["params"])
+    """Replaces init variables by pretrained ones (params, and ResNet's batch_stats); missing
+    base variables and bad shapes are errors."""
+    for collection in loaded:
+        variables = _overlay_collection(variables, shardings, loaded[collection], source,
+                                        collection)
+    return variables
+
+
+def _overlay_collection(variables: dict, shardings: dict, loaded: dict, source: str,
+                        collection: str) -> dict:
+    flat = traverse_util.flatten_dict(variables[collection])
+    flat_sh = traverse_util.flatten_dict(shardings[collection])
     flat_loaded = traverse_util.flatten_dict(loaded)
     missing = [k for k in flat if k not in flat_loaded and k[0] not in NEW_FOR_TASK]
     mismatched = [f"{'/'.join(k)}: model {flat[k].shape} vs checkpoint {np.shape(v)}"
@@ -98,13 +117,28 @@ def _overlay(variables: dict, shardings: dict, loaded: dict, source: str) -> dic
     for k, v in flat_loaded.items():
         if k in flat:
             flat[k] = jax.device_put(np.asarray(v, flat[k].dtype), flat_sh[k])
-    return {**variables, "params": traverse_util.unflatten_dict(flat)}
+    return {**variables, collection: traverse_util.unflatten_dict(flat)}
+
+
+def _check_length(config: ml_collections.ConfigDict, cfg) -> None:
+    """Learned position tables end at max_len: a longer (padded) batch would read past it."""
+    if config.model.family != "transformer" or cfg.positions != "learned":
+        return
+    d = config.data
+    padded = -(-d.max_length // d.pad_multiple) * d.pad_multiple
+    if padded + cfg.position_offset > cfg.max_len:
+        raise ValueError(
+            f"config.data.max_length={d.max_length} (padded to a multiple of "
+            f"data.pad_multiple={d.pad_multiple}: {padded}) exceeds the model's "
+            f"{cfg.max_len - cfg.position_offset} learned positions; lower max_length or "
+            "pad_multiple")
 
 
 def create(config: ml_collections.ConfigDict, num_labels: int, mesh, rules,
            rng: jax.Array, vocab_size: int | None = None) -> Model:
     """Builds the model named by `config.model` / `config.peft` with sharded variables."""
     cfg, loaded, model_dir = _arch_config(config, num_labels, vocab_size)
+    _check_length(config, cfg)
     inputs = dummy_inputs(config)
     base = _module(config, cfg, num_labels, peft_lib.NO_PEFT)
     base_shapes = jax.eval_shape(lambda: nn.unbox(base.init(jax.random.key(0), *inputs)))

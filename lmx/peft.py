@@ -102,11 +102,17 @@ def spec_from_config(peft_config: ml_collections.ConfigDict, base_params: Any) -
     return NO_PEFT
 
 
-def trainable_patterns(peft_config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The regexes of trainable leaves: `config.peft.trainable`, or the method's default."""
+def trainable_patterns(peft_config: ml_collections.ConfigDict, variables: Any = None
+                       ) -> tuple[str, ...]:
+    """The regexes of trainable leaves: `config.peft.trainable`, or the method's default
+    (without its `params/head` part when `variables` has no head: a causal LM with tied
+    embeddings predicts through the token table)."""
     if peft_config.trainable:
         return tuple(peft_config.trainable)
-    return DEFAULT_TRAINABLE[peft_config.method]
+    patterns = DEFAULT_TRAINABLE[peft_config.method]
+    if variables is not None and "head" not in variables.get("params", {}):
+        patterns = tuple(p for p in patterns if not p.startswith("params/head/"))
+    return patterns
 
 
 def _lora_delta(peft_module: dict, scale: float):

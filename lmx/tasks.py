@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from lmx import data, metrics, readers, text_pipeline
 
@@ -72,13 +73,18 @@ def _tokenizer(config: ml_collections.ConfigDict, workdir: str):
     `data.tokenizer`: "" = the pretrained model's; "char" = characters of the train file;
     a folder = the tokenizer files in it (e.g. a sentencepiece model)."""
     from lmx import pretrained  # noqa: PLC0415
+    from lmx.tokenizer import CharTokenizer  # noqa: PLC0415
     choice = config.data.tokenizer
+    char_vocab = os.path.join(choice or config.model.pretrained, "char_vocab.json")
+    if choice != "char" and (choice or config.model.pretrained) and os.path.isfile(char_vocab):
+        return CharTokenizer.load(char_vocab, config.data.unknown_char), None  # an lmx export
     if choice == "char":
-        from lmx.tokenizer import CharTokenizer  # noqa: PLC0415
         path = os.path.join(workdir, "char_vocab.json")
         if os.path.exists(path):  # a resumed run keeps its vocabulary
             return CharTokenizer.load(path), None
-        tokenizer = CharTokenizer.from_text(readers.read_text(config.data.train_file))
+        tokenizer = CharTokenizer.from_text(read_corpus(config.data.train_file,
+                                                        config.data.train_split, config.data))
+        os.makedirs(workdir, exist_ok=True)
         tokenizer.save(path)
         return tokenizer, None
     folder = choice or config.model.pretrained
@@ -89,7 +95,8 @@ def _tokenizer(config: ml_collections.ConfigDict, workdir: str):
             os.makedirs(folder, exist_ok=True)
             corpus = os.path.join(folder, "corpus.txt")
             with open(corpus, "w", encoding="utf-8") as f:
-                f.write("\n".join(corpus_lines(config.data.train_file, config.data)) + "\n")
+                f.write("\n".join(corpus_lines(config.data.train_file, config.data,
+                                                config.data.train_split)) + "\n")
             tokenizer_lib.train([corpus], config.data.tokenizer_vocab_size, folder)
             os.remove(corpus)
         return pretrained.load_tokenizer(folder), folder
@@ -100,19 +107,46 @@ def _tokenizer(config: ml_collections.ConfigDict, workdir: str):
     return pretrained.load_tokenizer(folder), folder
 
 
-def corpus_lines(path: str, d: ml_collections.ConfigDict) -> list[str]:
-    """Non-empty lines of a raw text file, or the text column of a CSV / TSV file."""
+TFDS = "tfds:"
+
+
+def tfds_records(path: str, split: str, d: ml_collections.ConfigDict) -> list[dict]:
+    """The lmx records of one split of "tfds:NAME" (lmx.tfds_sources; data.tfds_dir)."""
+    from lmx import tfds_sources  # noqa: PLC0415
+    if not split:
+        raise ValueError(f"{path}: a tfds dataset needs a split name (data.*_split)")
+    return tfds_sources.load(path[len(TFDS):], split, data_dir=d.tfds_dir or None).records()
+
+
+def read_corpus(path: str, split: str, d: ml_collections.ConfigDict) -> str:
+    """A raw text file's text, or the texts of a tfds split / the text column of a CSV or TSV
+    file joined by newlines."""
+    if path.startswith(TFDS):
+        return "\n".join(r["text"] for r in tfds_records(path, split, d))
+    if path.endswith((".csv", ".tsv")):
+        return "\n".join(corpus_lines(path, d)) + "\n"
+    return readers.read_text(path)
+
+
+def corpus_lines(path: str, d: ml_collections.ConfigDict, split: str = "train") -> list[str]:
+    """Non-empty lines of a raw text file (or tfds texts), or the text column of a CSV / TSV."""
+    if path.startswith(TFDS):
+        return [line for line in read_corpus(path, split, d).splitlines() if line.strip()]
     if path.endswith((".csv", ".tsv")):
         return [r["text"] for r in readers.read_delimited(path, d.text_column, d.label_column)]
     return [line for line in readers.read_text(path).splitlines() if line.strip()]
 
 
 class SequenceClassification(Task):
-    """One label per text (or image): CSV / TSV, PhraseBank, CLINC150, digits, synthetic."""
+    """One label per text (or image): CSV / TSV / JSONL, PhraseBank, CLINC150, tfds, images,
+    digits, synthetic."""
     plot_metrics = ("accuracy", "macro_f1", "in_scope_accuracy", "oos_recall")
 
     def _rows(self, path: str, split: str) -> tuple[list[str], list[str], list[int] | None]:
         d = self.config.data
+        if path.startswith(TFDS):
+            rows = tfds_records(path, split, d)
+            return [r["text"] for r in rows], [r["label"] for r in rows], None
         if d.kind == "phrasebank":
             rows = readers.read_phrasebank(path)
             return [r["text"] for r in rows], [r["label"] for r in rows], None
@@ -122,6 +156,10 @@ class SequenceClassification(Task):
         if path.endswith(".csv"):
             return data.read_csv_classification(path, d.text_column, d.label_column,
                                                 with_lines=True)
+        if path.endswith(".jsonl"):
+            rows = readers.read_jsonl(path, (d.text_column, d.label_column))
+            return [str(r[d.text_column]) for r in rows], [str(r[d.label_column])
+                                                          for r in rows], None
         rows = readers.read_delimited(path, d.text_column, d.label_column)
         return [r["text"] for r in rows], [r["label"] for r in rows], None
 
@@ -130,9 +168,12 @@ class SequenceClassification(Task):
         if d.kind in ("synthetic", "digits"):
             examples = (data.synthetic(512, 128, d.max_length, 2, d.split_seed)
                         if d.kind == "synthetic" else data.digits(config.model.image_size))
-            train, validation = _carve(examples, config)
             names = [str(i) for i in range(int(examples.labels.max()) + 1)]
+            examples, names = _keep_labels(examples, names, d.keep_labels)
+            train, validation = _carve(examples, config)
             return Datasets(train, validation, None, names, 0)
+        if d.kind == "images":
+            return self._load_images(config)
         tokenizer, folder = _tokenizer(config, workdir)
         train_rows = self._rows(d.train_file, d.train_split)
         names = (data.read_label_names(d.labels_file) if d.labels_file
@@ -153,6 +194,46 @@ class SequenceClassification(Task):
         if d.test_file:
             test = encode(*self._rows(d.test_file, d.test_split), d.test_file)
         return Datasets(train, validation, test, names, tokenizer.pad_id, tokenizer=tokenizer)
+
+    @staticmethod
+    def _load_images(config) -> Datasets:
+        """A tfds image dataset (e.g. tfds:cifar10): pixels to [-1, 1], resized to
+        model.image_size; validation = data.validation_split or a carved fraction."""
+        d = config.data
+
+        def read(path, split):
+            rows = tfds_records(path, split, d)
+            images = np.stack([r["image"] for r in rows]).astype(np.float32) / 127.5 - 1.0
+            if images.shape[-1] == 1:
+                images = np.repeat(images, 3, axis=-1)
+            size = config.model.image_size
+            if images.shape[1:3] != (size, size):
+                images = np.asarray(jax.image.resize(
+                    images, (len(images), size, size, images.shape[-1]), "bilinear"))
+            return data.ImageExamples(images, np.asarray([r["label"] for r in rows], np.int32))
+
+        train = read(d.train_file, d.train_split)
+        all_names = [str(i) for i in range(int(train.labels.max()) + 1)]
+        train, names = _keep_labels(train, all_names, d.keep_labels)
+        keep = lambda split: _keep_labels(split, all_names, d.keep_labels)[0]  # noqa: E731
+        if d.validation_file or d.validation_split:
+            validation = keep(read(d.validation_file or d.train_file, d.validation_split))
+        else:
+            train, validation = _carve(train, config)
+        test = keep(read(d.test_file, d.test_split)) if d.test_file else None
+        return Datasets(train, validation, test, names, 0)
+
+    def finish(self, trainer, workdir: str) -> dict:
+        """A fully trained ResNet is exported as a HF folder (WORKDIR/hf) that
+        `config.model.pretrained` reads: the pre-training half of a transfer experiment."""
+        if self.config.model.family != "resnet" or self.config.peft.method != "full":
+            return {}
+        import lmx.hf  # noqa: PLC0415
+        out = os.path.join(workdir, "hf")
+        variables = trainer.inference_variables()
+        lmx.hf.save_pretrained(trainer.model.module, {
+            k: variables[k] for k in ("params", "batch_stats")}, out)
+        return {"exported": out}
 
     def steps_per_epoch(self, split, batch_size: int) -> int:
         return data.steps_per_epoch(split, batch_size)
@@ -201,6 +282,37 @@ def _eval_token_batches(task: Task, split) -> Iterator[tuple[dict, dict]]:
                {"index": index, "labels": batch["labels"]})
 
 
+def _separate_validation(d: ml_collections.ConfigDict) -> bool:
+    """A validation file, or a validation split of a tfds train set (files have no splits)."""
+    return bool(d.validation_file or (d.validation_split and d.train_file.startswith(TFDS)))
+
+
+def _carve_rows(rows: list, d: ml_collections.ConfigDict) -> tuple[list, list]:
+    """(train, validation): a seeded `validation_fraction` of the rows, both in file order."""
+    order = np.random.default_rng(d.split_seed).permutation(len(rows))
+    cut = int(round(d.validation_fraction * len(rows)))
+    return [rows[i] for i in np.sort(order[cut:])], [rows[i] for i in np.sort(order[:cut])]
+
+
+def _keep_labels(examples, names: list[str], keep: str) -> tuple[Any, list[str]]:
+    """The examples whose label name is in the comma-separated `keep`, renumbered in that
+    order (data.keep_labels); all of them when `keep` is empty."""
+    if not keep:
+        return examples, names
+    kept = [k.strip() for k in keep.split(",") if k.strip()]
+    unknown = [k for k in kept if k not in names]
+    if unknown:
+        raise ValueError(f"config.data.keep_labels: {unknown} are not labels of the data "
+                         f"({names})")
+    old_ids = np.asarray([names.index(k) for k in kept])
+    index = np.flatnonzero(np.isin(examples.labels, old_ids))
+    subset = examples.subset(index)
+    new_id = np.full(len(names), -1, np.int32)
+    new_id[old_ids] = np.arange(len(old_ids))
+    subset.labels = new_id[subset.labels]
+    return subset, kept
+
+
 def _carve(examples, config) -> tuple[Any, Any]:
     train_index, valid_index = data.stratified_split(
         examples.labels, config.data.validation_fraction, config.data.split_seed)
@@ -215,21 +327,24 @@ class TokenClassification(Task):
     def load(self, config, workdir: str) -> Datasets:
         d = config.data
         tokenizer, folder = _tokenizer(config, workdir)
-        read = lambda path: readers.read_conll(path, scheme=d.tag_scheme)  # noqa: E731
-        train = read(d.train_file)
+
+        def read(path, split):  # tfds' conll2003 tags are already BIO
+            if path.startswith(TFDS):
+                return tfds_records(path, split, d)
+            return readers.read_conll(path, scheme=d.tag_scheme)
+
+        train = read(d.train_file, d.train_split)
         tags = sorted({t for s in train for t in s["tags"]} - {"O"})
         names = (data.read_label_names(d.labels_file) if d.labels_file else ["O"] + tags)
         align = text_pipeline.align_labels(tokenizer, label_names=names, max_length=d.max_length)
         encode = lambda sentences: [align(s) for s in sentences]  # noqa: E731
-        if d.validation_file:
-            validation = encode(read(d.validation_file))
+        if _separate_validation(d):
+            validation = encode(read(d.validation_file or d.train_file, d.validation_split))
             train = encode(train)
         else:
-            order = np.random.default_rng(d.split_seed).permutation(len(train))
-            cut = int(round(d.validation_fraction * len(train)))
-            validation = encode([train[i] for i in np.sort(order[:cut])])
-            train = encode([train[i] for i in np.sort(order[cut:])])
-        test = encode(read(d.test_file)) if d.test_file else None
+            train, validation = _carve_rows(train, d)
+            train, validation = encode(train), encode(validation)
+        test = encode(read(d.test_file, d.test_split)) if d.test_file else None
         return Datasets(train, validation, test, names, tokenizer.pad_id, tokenizer=tokenizer)
 
     def steps_per_epoch(self, split, batch_size: int) -> int:
@@ -289,15 +404,20 @@ class CausalLM(Task):
     def load(self, config, workdir: str) -> Datasets:
         d = config.data
         tokenizer, folder = _tokenizer(config, workdir)
-        text = readers.read_text(d.train_file)
-        if d.validation_file:
-            train_text, valid_text = text, readers.read_text(d.validation_file)
+        text = read_corpus(d.train_file, d.train_split, d)
+        if _separate_validation(d):
+            train_text = text
+            valid_text = read_corpus(d.validation_file or d.train_file, d.validation_split, d)
         else:
             cut = int(len(text) * (1 - d.validation_fraction))
             train_text, valid_text = text[:cut], text[cut:]
         encode = lambda t: np.asarray(  # noqa: E731
             tokenizer.encode(t, add_special_tokens=False), np.int32)
         self.chars_per_token = len(valid_text) / max(len(encode(valid_text)), 1)
+        if getattr(tokenizer, "replaced", 0):  # data.unknown_char: say how much was mapped
+            logging.warning("data.unknown_char=%r stands for %d validation characters outside "
+                            "the vocabulary (%.3f%%)", d.unknown_char, tokenizer.replaced,
+                            100 * tokenizer.replaced / max(len(valid_text), 1))
         return Datasets(encode(train_text), encode(valid_text), None, [], tokenizer.pad_id,
                         vocab_size=tokenizer.vocab_size, tokenizer=tokenizer)
 
@@ -344,24 +464,44 @@ class CausalLM(Task):
         return "nats_per_char"
 
     def finish(self, trainer, workdir: str) -> dict:
+        """A sample of `data.sample_tokens`; a fully trained decoder is also exported as a HF
+        GPT-2 folder (+ char_vocab.json) that `model.pretrained` reads (e.g. LoRA-adapting it)."""
         from lmx import generate  # noqa: PLC0415
         tokenizer, n = trainer.datasets["tokenizer"], self.config.data.sample_tokens
+        out = {}
+        if self.config.peft.method == "full":
+            import lmx.hf  # noqa: PLC0415
+            out["exported"] = os.path.join(workdir, "hf")
+            lmx.hf.save_pretrained(trainer.model.module, {"params": trainer.inference_variables()[
+                "params"]}, out["exported"])
+            if hasattr(tokenizer, "chars"):
+                tokenizer.save(os.path.join(out["exported"], "char_vocab.json"))
         if not n:
-            return {}
-        prompt = trainer.datasets["validation"][:self.config.data.max_length // 4]
+            return out
+        T = self.config.data.max_length
+        prompt = trainer.datasets["validation"][:T // 4]
         variables = trainer.inference_variables()
-        new = generate.generate(trainer.model.module, variables, jnp.asarray(prompt[None]),
-                                jnp.ones((1, len(prompt)), bool), max_new_tokens=n,
-                                pad_id=self.pad_id,
-                                sampling=generate.Sampling(
-                                    temperature=0.8, top_k=min(40, tokenizer.vocab_size)),
-                                rng=jax.random.key(self.config.seed))
-        sample = tokenizer.decode(list(prompt) + [int(i) for i in np.asarray(new[0])])
+        sampling = generate.Sampling(temperature=0.8, top_k=min(40, tokenizer.vocab_size))
+        tokens = [int(i) for i in prompt]
+        # The model only ever saw T positions: sample in rounds over a sliding window (the
+        # last T/2 tokens as context, then up to T/2 new ones) instead of running past them.
+        for round_ in range(2**31):
+            if len(tokens) - len(prompt) >= n:
+                break
+            window = np.asarray(tokens[-(T // 2):], np.int32)
+            new = generate.generate(trainer.model.module, variables, jnp.asarray(window[None]),
+                                    jnp.ones((1, len(window)), bool),
+                                    max_new_tokens=T - len(window), pad_id=self.pad_id,
+                                    sampling=sampling,
+                                    rng=jax.random.fold_in(jax.random.key(self.config.seed),
+                                                           round_))
+            tokens += [int(i) for i in np.asarray(new[0])]
+        sample = tokenizer.decode(tokens[:len(prompt) + n])
         print(f"--- sample ({n} tokens after a {len(prompt)}-token prompt from validation) ---\n"
               f"{sample}\n---")
         with open(os.path.join(workdir, "sample.txt"), "w", encoding="utf-8") as f:
             f.write(sample)
-        return {"sample": sample}
+        return {**out, "sample": sample}
 
 
 class MaskedLM(Task):
@@ -381,14 +521,11 @@ class MaskedLM(Task):
                 out.append({"ids": np.asarray(ids, np.int32)})
             return out
 
-        lines = corpus_lines(d.train_file, d)
-        if d.validation_file:
-            valid = corpus_lines(d.validation_file, d)
+        lines = corpus_lines(d.train_file, d, d.train_split)
+        if _separate_validation(d):
+            valid = corpus_lines(d.validation_file or d.train_file, d, d.validation_split)
         else:
-            order = np.random.default_rng(d.split_seed).permutation(len(lines))
-            cut = int(round(d.validation_fraction * len(lines)))
-            valid = [lines[i] for i in np.sort(order[:cut])]
-            lines = [lines[i] for i in np.sort(order[cut:])]
+            lines, valid = _carve_rows(lines, d)
         self._tokenizer, self._tokenizer_dir = tokenizer, folder
         self._mask_id = next((i for i in map(tokenizer.token_to_id, MASK_TOKENS)
                               if i is not None), None)
@@ -412,7 +549,10 @@ class MaskedLM(Task):
                 split, c.train.batch_size, seed=c.seed, start_step=start_step,
                 pad_id=self.pad_id, pad_multiple=c.data.pad_multiple,
                 bucket_batches=c.data.bucket_batches, transform=self._mask):
-            yield {**batch, "token_types": np.zeros_like(batch["ids"])}
+            # the vocabulary projection runs on the masked positions only (~15% of them)
+            yield text_pipeline.gather_targets(
+                {**batch, "token_types": np.zeros_like(batch["ids"])},
+                fraction=2 * c.data.mlm_rate)
 
     def eval_batches(self, split) -> Iterator[tuple[dict, dict]]:
         masked = [self._mask({**e, "index": i, "epoch": 0}) for i, e in enumerate(split)]

@@ -89,6 +89,27 @@ def mlm_mask(example: dict, *, seed: int, mask_id: int, vocab_size: int,
             "labels": np.where(picked_L, ids_L, IGNORE).astype(np.int32)}
 
 
+def gather_targets(batch: dict, *, fraction: float = 0.3, multiple: int = 8) -> dict:
+    """Adds `targets` (B, M): each row's labelled positions (labels != IGNORE), left-aligned and
+    filled with position 0; `labels` becomes (B, M) with IGNORE on the filler.
+
+    M = ceil(fraction * T) rounded up to `multiple` (one shape per padded length, so a few
+    compiles), or T when some row has more labelled positions than that: nothing is dropped.
+    """
+    labels_BT = batch["labels"]
+    B, T = labels_BT.shape
+    picked_BT = labels_BT != IGNORE
+    M = min(T, multiple * math.ceil(math.ceil(fraction * T) / multiple))
+    if picked_BT.sum(1).max(initial=0) > M:
+        M = T
+    order_BT = np.argsort(~picked_BT, axis=1, kind="stable")  # picked positions first, in order
+    targets_BM = order_BT[:, :M].astype(np.int32)
+    keep_BM = np.take_along_axis(picked_BT, targets_BM, axis=1)
+    labels_BM = np.where(keep_BM, np.take_along_axis(labels_BT, targets_BM, axis=1), IGNORE)
+    return {**batch, "targets": np.where(keep_BM, targets_BM, 0).astype(np.int32),
+            "labels": labels_BM.astype(labels_BT.dtype)}
+
+
 # --- NER label alignment -----------------------------------------------------------------
 
 def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:

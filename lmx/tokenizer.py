@@ -114,21 +114,26 @@ class CharTokenizer:
     """One id per character of a corpus (nanoGPT's shakespeare_char): exact bits per character.
 
     Ids follow the sorted characters after the pad id 0; a character not in the vocabulary
-    is an error naming it (no silent unknown token).
+    is an error naming it, unless `unknown` names a vocabulary character to stand for it
+    (adapting a model to a new corpus); `replaced` then counts the characters so mapped.
     """
 
-    def __init__(self, chars: Sequence[str]):
+    def __init__(self, chars: Sequence[str], unknown: str = ""):
         self.chars = list(chars)
         self._index = {c: i + 1 for i, c in enumerate(self.chars)}
+        if unknown and unknown not in self._index:
+            raise ValueError(f"unknown character stand-in {unknown!r} is not in the vocabulary "
+                             f"of {len(self.chars)} characters")
+        self.unknown, self.replaced = unknown, 0
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
         return cls(sorted(set(text)))
 
     @classmethod
-    def load(cls, path: str) -> "CharTokenizer":
+    def load(cls, path: str, unknown: str = "") -> "CharTokenizer":
         with open(path, encoding="utf-8") as f:
-            return cls(json.load(f)["chars"])
+            return cls(json.load(f)["chars"], unknown)
 
     def save(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
@@ -147,8 +152,13 @@ class CharTokenizer:
         try:
             return [self._index[c] for c in text]
         except KeyError as e:
-            raise ValueError(f"character {e.args[0]!r} is not in the vocabulary of "
-                             f"{len(self.chars)} characters") from None
+            if not self.unknown:
+                raise ValueError(f"character {e.args[0]!r} is not in the vocabulary of "
+                                 f"{len(self.chars)} characters") from None
+        stand_in = self._index[self.unknown]
+        ids = [self._index.get(c, 0) for c in text]
+        self.replaced += ids.count(0)
+        return [i or stand_in for i in ids]
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return "".join(self.chars[i - 1] for i in (int(x) for x in ids) if i > 0)

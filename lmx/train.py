@@ -56,7 +56,7 @@ def forward(model: nn.Module, variables: Any, batch: dict, *, train: bool, rng=N
             return logits, updates
         return model.apply(variables, batch["images"], train=False), {}
     logits = model.apply(variables, batch["ids"], batch["mask"], batch["token_types"],
-                         deterministic=not train, rngs=rngs)
+                         deterministic=not train, rngs=rngs, targets_BM=batch.get("targets"))
     return logits, {}
 
 

@@ -401,7 +401,8 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, ids_BT, mask_BT=None, token_types_BT=None, positions_BT=None, *,
-                 deterministic: bool = True, embeds_BTD=None, decode: str = ""):
+                 deterministic: bool = True, embeds_BTD=None, decode: str = "",
+                 targets_BM=None):
         """Logits of the task head (or the last hidden states for task "hidden").
 
         Args:
@@ -412,6 +413,9 @@ class Transformer(nn.Module):
             soft prompt still apply.
           decode: "" (no cache), "prefill" (write the prompt to the `cache` collection) or
             "step" (append these tokens); the cache must be mutable; positions are required.
+          targets_BM: token-level tasks only: the M positions per row whose head outputs to
+            compute (masked-LM training: the masked tokens, so the vocabulary projection runs
+            on ~15% of the positions); logits are then (B, M, V). Default: every position.
         """
         cfg = self.cfg
         if self.task not in TASKS:
@@ -445,6 +449,8 @@ class Transformer(nn.Module):
         x_BTD = x_BTD[:, num_prompt:]  # drop the soft prompt's positions
         if self.task == "hidden":
             return x_BTD
+        if targets_BM is not None:
+            x_BTD = jnp.take_along_axis(x_BTD, targets_BM[..., None], axis=1)  # (B, M, D)
         return self._classify(x_BTD, embeddings, deterministic)
 
     def _blocks(self, x_BTD, mask_BTS, positions_BT, deterministic, mask_BT, decode):

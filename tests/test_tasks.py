@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import lmx.hf
-from lmx import config as config_lib, loop, tasks, transformer
+from lmx import config as config_lib, loop, paths, tasks, transformer
 from lmx.train import classification_loss
 
 WORDS = ["alice", "bob", "carol", "paris", "london", "rome", "visited", "met", "likes", "the",
@@ -150,6 +150,25 @@ def test_causal_lm_learns_a_pattern_and_samples(tmp_path):
     assert set(results["sample"]) <= set(text)
     assert (tmp_path / "run" / "sample.txt").read_text() == results["sample"]
 
+    # the export LoRA-adapts to a new corpus; characters outside the vocabulary need a stand-in
+    exported = results["exported"]
+    _, base = lmx.hf.from_pretrained(exported, task="causal_lm")
+    (tmp_path / "other.txt").write_text("the question is not to be or not, 42 times.\n" * 100)
+    a = _base(tmp_path, kind="text", train_file=str(tmp_path / "other.txt"), max_length=32)
+    a.model.pretrained, a.model.task, a.peft.method = exported, "causal_lm", "lora"
+    a.train.num_steps = 5
+    with pytest.raises(ValueError, match="character '4' is not in the vocabulary"):
+        loop.Trainer(a, str(tmp_path / "adapt0"))
+    a.data.unknown_char = "?"
+    with pytest.raises(ValueError, match="stand-in '\\?' is not in the vocabulary"):
+        loop.Trainer(a, str(tmp_path / "adapt1"))
+    a.data.unknown_char = "."
+    trainer = loop.Trainer(a, str(tmp_path / "adapt2"))
+    frozen = paths.flatten(trainer.frozen)
+    for path, value in paths.flatten(base).items():
+        np.testing.assert_array_equal(np.asarray(frozen[path]), value, err_msg=path)
+    assert trainer.datasets["tokenizer"].replaced > 0
+
 
 def test_causal_lm_batches_resume_exactly(tmp_path):
     c = _base(tmp_path, max_length=8)
@@ -205,3 +224,62 @@ def test_config_rejects_a_task_its_data_cannot_feed(tmp_path):
     c.model.task = "mlm"
     with pytest.raises(ValueError, match="needs a tokenizer"):
         config_lib.validate(c, 1)
+
+
+def test_a_batch_longer_than_the_position_table_is_refused(tmp_path):
+    (tmp_path / "corpus.txt").write_text("to be or not to be\n" * 50)
+    c = _base(tmp_path, kind="text", tokenizer="char", train_file=str(tmp_path / "corpus.txt"),
+              max_length=transformer.size("gpt2-tiny").max_len + 1)
+    c.model.size, c.model.task, c.peft.method = "gpt2-tiny", "causal_lm", "full"
+    with pytest.raises(ValueError, match="exceeds the model's 64 learned positions"):
+        loop.Trainer(c, str(tmp_path / "run"))
+
+
+def test_resnet_pretrain_exports_and_adapts_to_unseen_classes(tmp_path):
+    from experiments import resnet_images
+    pre = resnet_images.get_config("runlocal,pretrain")
+    pre.train.num_steps = 3
+    results = loop.run(pre, str(tmp_path / "pre"))
+    assert results["label_names"] == ["0", "1", "2", "3", "4"]
+    assert results["exported"] == str(tmp_path / "pre" / "hf")
+    _, exported = lmx.hf.from_pretrained(results["exported"], task="image_classification")
+
+    adapt = resnet_images.get_config("runlocal,bitfit")
+    adapt.model.pretrained = results["exported"]
+    trainer = loop.Trainer(adapt, str(tmp_path / "adapt"))
+    assert trainer.datasets["label_names"] == ["5", "6", "7", "8", "9"]
+    assert set(np.unique(trainer.datasets["train"].labels)) == set(range(5))
+    loaded = paths.flatten(trainer.inference_variables())
+    compared = 0
+    for path, value in paths.flatten(exported).items():
+        if "/head/" not in f"/{path}":  # the classifier is new for the new label set
+            np.testing.assert_array_equal(np.asarray(loaded[path]), value, err_msg=path)
+            compared += "batch_stats" in path
+    assert compared > 0  # BatchNorm statistics are part of what transfers
+
+
+def test_keep_labels_renumbers_in_the_given_order():
+    from lmx import data
+    examples = data.ImageExamples(np.zeros((6, 2, 2, 3), np.float32),
+                                  np.array([0, 1, 2, 3, 2, 1], np.int32))
+    kept, names = tasks._keep_labels(examples, ["a", "b", "c", "d"], "c,a")
+    assert names == ["c", "a"]
+    np.testing.assert_array_equal(kept.labels, [1, 0, 0])  # a, c, c in file order
+    with pytest.raises(ValueError, match=r"\['z'\] are not labels"):
+        tasks._keep_labels(examples, ["a", "b", "c", "d"], "a,z")
+
+
+def test_jsonl_feeds_classification_with_named_columns(tmp_path):
+    rows = [{"sentence": f"{w} the city", "intent": lab, "id": i}
+            for i, (w, lab) in enumerate(zip(WORDS * 2, ["go", "stay"] * 20))]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = _base(tmp_path, kind="csv_classification", train_file=str(tmp_path / "train.jsonl"),
+              text_column="sentence", label_column="intent", validation_fraction=0.25)
+    c.model.pretrained = _tiny_bert_folder(tmp_path / "bert")
+    data = tasks.SequenceClassification(c).load(c, str(tmp_path))
+    assert data.label_names == ["go", "stay"]
+    assert len(data.train) + len(data.validation) == 40
+    (tmp_path / "bad.jsonl").write_text('{"sentence": "a", "intent": "go"}\n{"sentence": "b"}\n')
+    c.data.train_file = str(tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: .*missing \['intent'\]"):
+        tasks.SequenceClassification(c).load(c, str(tmp_path))

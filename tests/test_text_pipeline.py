@@ -156,3 +156,42 @@ def test_eval_token_batches_cover_every_example_once():
                 np.testing.assert_array_equal(b["ids"][row][b["mask"][row]], examples[i]["ids"])
             else:
                 assert b["weights"][row] == 0
+
+
+def test_gather_targets_keeps_every_labelled_position_once():
+    rng = np.random.default_rng(0)
+    labels_BT = np.where(rng.random((6, 40)) < 0.15, rng.integers(5, 50, (6, 40)), tp.IGNORE)
+    labels_BT[5, :] = 7  # a row labelled everywhere: M must grow to T, nothing dropped
+    for batch_labels, expect_M in ((labels_BT[:5], 16), (labels_BT, 40)):
+        out = tp.gather_targets({"labels": batch_labels, "ids": np.zeros_like(batch_labels)})
+        assert out["targets"].shape == (len(batch_labels), expect_M)
+        for row in range(len(batch_labels)):
+            kept = out["labels"][row] != tp.IGNORE
+            np.testing.assert_array_equal(out["targets"][row][kept],
+                                          np.flatnonzero(batch_labels[row] != tp.IGNORE))
+            np.testing.assert_array_equal(out["labels"][row][kept],
+                                          batch_labels[row][batch_labels[row] != tp.IGNORE])
+
+
+def test_mlm_loss_on_gathered_positions_equals_full_loss():
+    import jax
+
+    from lmx import train, transformer
+    model = transformer.Transformer(transformer.size("bert-tiny"), task="mlm")
+    rng = np.random.default_rng(1)
+    ids_BT = rng.integers(5, 100, (4, 24)).astype(np.int32)
+    mask_BT = np.ones_like(ids_BT)
+    mask_BT[1, 15:] = 0
+    labels_BT = np.where((rng.random(ids_BT.shape) < 0.2) & (mask_BT > 0), ids_BT, tp.IGNORE)
+    batch = {"ids": ids_BT, "mask": mask_BT, "token_types": np.zeros_like(ids_BT),
+             "labels": labels_BT, "weights": np.array([1, 1, 1, 0], np.float32)}
+    variables = model.init(jax.random.key(0), ids_BT, mask_BT)
+    full_logits, _ = train.forward(model, variables, batch, train=False)
+    gathered = tp.gather_targets(batch)
+    part_logits, _ = train.forward(model, variables, gathered, train=False)
+    assert part_logits.shape[1] < full_logits.shape[1]
+    full_loss, full_aux = train.classification_loss(full_logits, batch)
+    part_loss, part_aux = train.classification_loss(part_logits, gathered)
+    assert float(full_aux["count"]) == float(part_aux["count"]) > 0
+    np.testing.assert_allclose(float(part_loss), float(full_loss), rtol=1e-5)
+    np.testing.assert_allclose(float(part_aux["correct"]), float(full_aux["correct"]))

@@ -161,8 +161,8 @@ def test_run_writes_outputs(tmp_path):
 
 
 def test_resnet_lora_through_the_trainer_updates_batch_stats_keeps_base(tmp_path):
-    from experiments import resnet_digits
-    trainer = loop.Trainer(resnet_digits.get_config("runlocal,lora"), str(tmp_path))
+    from experiments import resnet_images
+    trainer = loop.Trainer(resnet_images.get_config("runlocal,lora"), str(tmp_path))
     assert any("lora_a" in p for p in paths.flatten(trainer.state.trainable))
     frozen_before = jax.tree.map(np.asarray, trainer.frozen)
     stats_before = jax.tree.map(np.asarray, trainer.state.model_state)
