@@ -4,7 +4,8 @@ Command:
   python -m lmx.main --config experiments/tiny_shakespeare_gpt.py --workdir runs/shakespeare_gpt
 The corpus (1,115,394 characters, 65 distinct) is split 90 / 10 as nanoGPT does (the last
 10% is validation); the model is a 4-layer, 256-wide GPT-2-style decoder ("gpt-char" in
-lmx/transformer.py), 256-character context, batch 32, AdamW 1e-3 with cosine decay. The
+lmx/transformer.py), 128-character context, batch 32, no dropout, 1,000 steps of AdamW 2e-3
+with cosine decay (4.1M characters, ~4 passes over the training text). The
 metric is validation loss in nats per character (= per token here); a 300-character sample
 (temperature 0.8, top-k 40) is printed and written to WORKDIR/sample.txt at the end.
 The run exports the decoder as a HF GPT-2 folder with its character vocabulary
@@ -15,7 +16,10 @@ of characters outside Shakespeare's 65, mostly digits, become "$", a count the r
   (`adapt,full`: full fine-tuning instead; the pre-trained model alone on the same
   validation text: add `--config.train.learning_rate=0 --config.train.num_steps=1`)
 Variant `runlocal`: a few steps. Data: ../shared/data/tiny_shakespeare (public-domain text).
-Hardware: 2-core CPU (no GPU). Wall time and loss: see the README results table.
+Measured (2-core CPU, no GPU): validation 1.610 nats/char (2.322 bits/char) at step 1,000,
+26 min 27 s wall including start-up and four evaluations (1,493 s of training, 1.49 s/step);
+2.041 / 1.798 / 1.660 at steps 250 / 500 / 750. The sample reads like the corpus' layout
+(speaker names, verse lines) with half-made words.
 """
 import os
 

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lmx import data, metrics, readers, text_pipeline
+from lmx import data, metrics, readers, sources, text_pipeline
 
 IGNORE = text_pipeline.IGNORE
 MASK_TOKENS = ("[MASK]", "<mask>")  # WordPiece's, lmx.tokenizer's sentencepiece models'
@@ -67,76 +67,6 @@ class Task:
         return {}
 
 
-def _tokenizer(config: ml_collections.ConfigDict, workdir: str):
-    """The tokenizer and the folder it came from (None for "char").
-
-    `data.tokenizer`: "" = the pretrained model's; "char" = characters of the train file;
-    a folder = the tokenizer files in it (e.g. a sentencepiece model)."""
-    from lmx import pretrained  # noqa: PLC0415
-    from lmx.tokenizer import CharTokenizer  # noqa: PLC0415
-    choice = config.data.tokenizer
-    char_vocab = os.path.join(choice or config.model.pretrained, "char_vocab.json")
-    if choice != "char" and (choice or config.model.pretrained) and os.path.isfile(char_vocab):
-        return CharTokenizer.load(char_vocab, config.data.unknown_char), None  # an lmx export
-    if choice == "char":
-        path = os.path.join(workdir, "char_vocab.json")
-        if os.path.exists(path):  # a resumed run keeps its vocabulary
-            return CharTokenizer.load(path), None
-        tokenizer = CharTokenizer.from_text(read_corpus(config.data.train_file,
-                                                        config.data.train_split, config.data))
-        os.makedirs(workdir, exist_ok=True)
-        tokenizer.save(path)
-        return tokenizer, None
-    folder = choice or config.model.pretrained
-    if not folder and config.data.tokenizer_vocab_size:
-        folder = os.path.join(workdir, "tokenizer")
-        if not os.path.exists(os.path.join(folder, "tokenizer.model")):  # resumes reuse it
-            from lmx import tokenizer as tokenizer_lib  # noqa: PLC0415
-            os.makedirs(folder, exist_ok=True)
-            corpus = os.path.join(folder, "corpus.txt")
-            with open(corpus, "w", encoding="utf-8") as f:
-                f.write("\n".join(corpus_lines(config.data.train_file, config.data,
-                                                config.data.train_split)) + "\n")
-            tokenizer_lib.train([corpus], config.data.tokenizer_vocab_size, folder)
-            os.remove(corpus)
-        return pretrained.load_tokenizer(folder), folder
-    if not folder:
-        raise ValueError("config.data.tokenizer and config.model.pretrained are both empty: "
-                         "a text task needs a tokenizer ('char', a folder, or the model's)")
-    folder = str(pretrained.resolve_model_dir(folder))
-    return pretrained.load_tokenizer(folder), folder
-
-
-TFDS = "tfds:"
-
-
-def tfds_records(path: str, split: str, d: ml_collections.ConfigDict) -> list[dict]:
-    """The lmx records of one split of "tfds:NAME" (lmx.tfds_sources; data.tfds_dir)."""
-    from lmx import tfds_sources  # noqa: PLC0415
-    if not split:
-        raise ValueError(f"{path}: a tfds dataset needs a split name (data.*_split)")
-    return tfds_sources.load(path[len(TFDS):], split, data_dir=d.tfds_dir or None).records()
-
-
-def read_corpus(path: str, split: str, d: ml_collections.ConfigDict) -> str:
-    """A raw text file's text, or the texts of a tfds split / the text column of a CSV or TSV
-    file joined by newlines."""
-    if path.startswith(TFDS):
-        return "\n".join(r["text"] for r in tfds_records(path, split, d))
-    if path.endswith((".csv", ".tsv")):
-        return "\n".join(corpus_lines(path, d)) + "\n"
-    return readers.read_text(path)
-
-
-def corpus_lines(path: str, d: ml_collections.ConfigDict, split: str = "train") -> list[str]:
-    """Non-empty lines of a raw text file (or tfds texts), or the text column of a CSV / TSV."""
-    if path.startswith(TFDS):
-        return [line for line in read_corpus(path, split, d).splitlines() if line.strip()]
-    if path.endswith((".csv", ".tsv")):
-        return [r["text"] for r in readers.read_delimited(path, d.text_column, d.label_column)]
-    return [line for line in readers.read_text(path).splitlines() if line.strip()]
-
-
 class SequenceClassification(Task):
     """One label per text (or image): CSV / TSV / JSONL, PhraseBank, CLINC150, tfds, images,
     digits, synthetic."""
@@ -144,8 +74,8 @@ class SequenceClassification(Task):
 
     def _rows(self, path: str, split: str) -> tuple[list[str], list[str], list[int] | None]:
         d = self.config.data
-        if path.startswith(TFDS):
-            rows = tfds_records(path, split, d)
+        if path.startswith(sources.TFDS):
+            rows = sources.tfds_records(path, split, d)
             return [r["text"] for r in rows], [r["label"] for r in rows], None
         if d.kind == "phrasebank":
             rows = readers.read_phrasebank(path)
@@ -169,12 +99,12 @@ class SequenceClassification(Task):
             examples = (data.synthetic(512, 128, d.max_length, 2, d.split_seed)
                         if d.kind == "synthetic" else data.digits(config.model.image_size))
             names = [str(i) for i in range(int(examples.labels.max()) + 1)]
-            examples, names = _keep_labels(examples, names, d.keep_labels)
-            train, validation = _carve(examples, config)
+            examples, names = sources.keep_labels(examples, names, d.keep_labels)
+            train, validation = sources.carve(examples, config)
             return Datasets(train, validation, None, names, 0)
         if d.kind == "images":
             return self._load_images(config)
-        tokenizer, folder = _tokenizer(config, workdir)
+        tokenizer, folder = sources.tokenizer_for(config, workdir)
         train_rows = self._rows(d.train_file, d.train_split)
         names = (data.read_label_names(d.labels_file) if d.labels_file
                  else sorted(set(train_rows[1])))
@@ -189,7 +119,7 @@ class SequenceClassification(Task):
             path = d.validation_file or d.train_file
             validation = encode(*self._rows(path, d.validation_split), path)
         else:
-            train, validation = _carve(train, config)
+            train, validation = sources.carve(train, config)
         test = None
         if d.test_file:
             test = encode(*self._rows(d.test_file, d.test_split), d.test_file)
@@ -202,7 +132,7 @@ class SequenceClassification(Task):
         d = config.data
 
         def read(path, split):
-            rows = tfds_records(path, split, d)
+            rows = sources.tfds_records(path, split, d)
             images = np.stack([r["image"] for r in rows]).astype(np.float32) / 127.5 - 1.0
             if images.shape[-1] == 1:
                 images = np.repeat(images, 3, axis=-1)
@@ -214,12 +144,12 @@ class SequenceClassification(Task):
 
         train = read(d.train_file, d.train_split)
         all_names = [str(i) for i in range(int(train.labels.max()) + 1)]
-        train, names = _keep_labels(train, all_names, d.keep_labels)
-        keep = lambda split: _keep_labels(split, all_names, d.keep_labels)[0]  # noqa: E731
+        train, names = sources.keep_labels(train, all_names, d.keep_labels)
+        keep = lambda split: sources.keep_labels(split, all_names, d.keep_labels)[0]  # noqa: E731
         if d.validation_file or d.validation_split:
             validation = keep(read(d.validation_file or d.train_file, d.validation_split))
         else:
-            train, validation = _carve(train, config)
+            train, validation = sources.carve(train, config)
         test = keep(read(d.test_file, d.test_split)) if d.test_file else None
         return Datasets(train, validation, test, names, 0)
 
@@ -282,43 +212,6 @@ def _eval_token_batches(task: Task, split) -> Iterator[tuple[dict, dict]]:
                {"index": index, "labels": batch["labels"]})
 
 
-def _separate_validation(d: ml_collections.ConfigDict) -> bool:
-    """A validation file, or a validation split of a tfds train set (files have no splits)."""
-    return bool(d.validation_file or (d.validation_split and d.train_file.startswith(TFDS)))
-
-
-def _carve_rows(rows: list, d: ml_collections.ConfigDict) -> tuple[list, list]:
-    """(train, validation): a seeded `validation_fraction` of the rows, both in file order."""
-    order = np.random.default_rng(d.split_seed).permutation(len(rows))
-    cut = int(round(d.validation_fraction * len(rows)))
-    return [rows[i] for i in np.sort(order[cut:])], [rows[i] for i in np.sort(order[:cut])]
-
-
-def _keep_labels(examples, names: list[str], keep: str) -> tuple[Any, list[str]]:
-    """The examples whose label name is in the comma-separated `keep`, renumbered in that
-    order (data.keep_labels); all of them when `keep` is empty."""
-    if not keep:
-        return examples, names
-    kept = [k.strip() for k in keep.split(",") if k.strip()]
-    unknown = [k for k in kept if k not in names]
-    if unknown:
-        raise ValueError(f"config.data.keep_labels: {unknown} are not labels of the data "
-                         f"({names})")
-    old_ids = np.asarray([names.index(k) for k in kept])
-    index = np.flatnonzero(np.isin(examples.labels, old_ids))
-    subset = examples.subset(index)
-    new_id = np.full(len(names), -1, np.int32)
-    new_id[old_ids] = np.arange(len(old_ids))
-    subset.labels = new_id[subset.labels]
-    return subset, kept
-
-
-def _carve(examples, config) -> tuple[Any, Any]:
-    train_index, valid_index = data.stratified_split(
-        examples.labels, config.data.validation_fraction, config.data.split_seed)
-    return examples.subset(train_index), examples.subset(valid_index)
-
-
 class TokenClassification(Task):
     """Tags per word (CoNLL column files, BIO): the first sub-token carries the word's tag;
     scored with entity-level precision / recall / F1 (seqeval's default mode)."""
@@ -326,11 +219,11 @@ class TokenClassification(Task):
 
     def load(self, config, workdir: str) -> Datasets:
         d = config.data
-        tokenizer, folder = _tokenizer(config, workdir)
+        tokenizer, folder = sources.tokenizer_for(config, workdir)
 
         def read(path, split):  # tfds' conll2003 tags are already BIO
-            if path.startswith(TFDS):
-                return tfds_records(path, split, d)
+            if path.startswith(sources.TFDS):
+                return sources.tfds_records(path, split, d)
             return readers.read_conll(path, scheme=d.tag_scheme)
 
         train = read(d.train_file, d.train_split)
@@ -338,11 +231,11 @@ class TokenClassification(Task):
         names = (data.read_label_names(d.labels_file) if d.labels_file else ["O"] + tags)
         align = text_pipeline.align_labels(tokenizer, label_names=names, max_length=d.max_length)
         encode = lambda sentences: [align(s) for s in sentences]  # noqa: E731
-        if _separate_validation(d):
+        if sources.separate_validation(d):
             validation = encode(read(d.validation_file or d.train_file, d.validation_split))
             train = encode(train)
         else:
-            train, validation = _carve_rows(train, d)
+            train, validation = sources.carve_rows(train, d)
             train, validation = encode(train), encode(validation)
         test = encode(read(d.test_file, d.test_split)) if d.test_file else None
         return Datasets(train, validation, test, names, tokenizer.pad_id, tokenizer=tokenizer)
@@ -403,11 +296,12 @@ class CausalLM(Task):
 
     def load(self, config, workdir: str) -> Datasets:
         d = config.data
-        tokenizer, folder = _tokenizer(config, workdir)
-        text = read_corpus(d.train_file, d.train_split, d)
-        if _separate_validation(d):
+        tokenizer, folder = sources.tokenizer_for(config, workdir)
+        text = sources.read_corpus(d.train_file, d.train_split, d)
+        if sources.separate_validation(d):
             train_text = text
-            valid_text = read_corpus(d.validation_file or d.train_file, d.validation_split, d)
+            valid_text = sources.read_corpus(d.validation_file or d.train_file,
+                                             d.validation_split, d)
         else:
             cut = int(len(text) * (1 - d.validation_fraction))
             train_text, valid_text = text[:cut], text[cut:]
@@ -511,7 +405,7 @@ class MaskedLM(Task):
 
     def load(self, config, workdir: str) -> Datasets:
         d = config.data
-        tokenizer, folder = _tokenizer(config, workdir)
+        tokenizer, folder = sources.tokenizer_for(config, workdir)
 
         def encode(lines):  # truncated to max_length, keeping the closing special token
             out = []
@@ -521,11 +415,11 @@ class MaskedLM(Task):
                 out.append({"ids": np.asarray(ids, np.int32)})
             return out
 
-        lines = corpus_lines(d.train_file, d, d.train_split)
-        if _separate_validation(d):
-            valid = corpus_lines(d.validation_file or d.train_file, d, d.validation_split)
+        lines = sources.corpus_lines(d.train_file, d, d.train_split)
+        if sources.separate_validation(d):
+            valid = sources.corpus_lines(d.validation_file or d.train_file, d, d.validation_split)
         else:
-            lines, valid = _carve_rows(lines, d)
+            lines, valid = sources.carve_rows(lines, d)
         self._tokenizer, self._tokenizer_dir = tokenizer, folder
         self._mask_id = next((i for i in map(tokenizer.token_to_id, MASK_TOKENS)
                               if i is not None), None)

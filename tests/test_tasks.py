@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import lmx.hf
-from lmx import config as config_lib, loop, paths, tasks, transformer
+from lmx import config as config_lib, loop, paths, sources, tasks, transformer
 from lmx.train import classification_loss
 
 WORDS = ["alice", "bob", "carol", "paris", "london", "rome", "visited", "met", "likes", "the",
@@ -262,11 +262,11 @@ def test_keep_labels_renumbers_in_the_given_order():
     from lmx import data
     examples = data.ImageExamples(np.zeros((6, 2, 2, 3), np.float32),
                                   np.array([0, 1, 2, 3, 2, 1], np.int32))
-    kept, names = tasks._keep_labels(examples, ["a", "b", "c", "d"], "c,a")
+    kept, names = sources.keep_labels(examples, ["a", "b", "c", "d"], "c,a")
     assert names == ["c", "a"]
     np.testing.assert_array_equal(kept.labels, [1, 0, 0])  # a, c, c in file order
     with pytest.raises(ValueError, match=r"\['z'\] are not labels"):
-        tasks._keep_labels(examples, ["a", "b", "c", "d"], "a,z")
+        sources.keep_labels(examples, ["a", "b", "c", "d"], "a,z")
 
 
 def test_jsonl_feeds_classification_with_named_columns(tmp_path):

@@ -1,0 +1,117 @@
+"""Where a task's examples come from: files or tfds catalog datasets ("tfds:NAME"), the
+tokenizer a task uses, and the fixed splits carved out of a training set."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from lmx import data, readers
+
+def tokenizer_for(config: ml_collections.ConfigDict, workdir: str):
+    """The tokenizer and the folder it came from (None for "char").
+
+    `data.tokenizer`: "" = the pretrained model's; "char" = characters of the train file;
+    a folder = the tokenizer files in it (e.g. a sentencepiece model)."""
+    from lmx import pretrained  # noqa: PLC0415
+    from lmx.tokenizer import CharTokenizer  # noqa: PLC0415
+    choice = config.data.tokenizer
+    char_vocab = os.path.join(choice or config.model.pretrained, "char_vocab.json")
+    if choice != "char" and (choice or config.model.pretrained) and os.path.isfile(char_vocab):
+        return CharTokenizer.load(char_vocab, config.data.unknown_char), None  # an lmx export
+    if choice == "char":
+        path = os.path.join(workdir, "char_vocab.json")
+        if os.path.exists(path):  # a resumed run keeps its vocabulary
+            return CharTokenizer.load(path), None
+        tokenizer = CharTokenizer.from_text(read_corpus(config.data.train_file,
+                                                        config.data.train_split, config.data))
+        os.makedirs(workdir, exist_ok=True)
+        tokenizer.save(path)
+        return tokenizer, None
+    folder = choice or config.model.pretrained
+    if not folder and config.data.tokenizer_vocab_size:
+        folder = os.path.join(workdir, "tokenizer")
+        if not os.path.exists(os.path.join(folder, "tokenizer.model")):  # resumes reuse it
+            from lmx import tokenizer as tokenizer_lib  # noqa: PLC0415
+            os.makedirs(folder, exist_ok=True)
+            corpus = os.path.join(folder, "corpus.txt")
+            with open(corpus, "w", encoding="utf-8") as f:
+                f.write("\n".join(corpus_lines(config.data.train_file, config.data,
+                                                config.data.train_split)) + "\n")
+            tokenizer_lib.train([corpus], config.data.tokenizer_vocab_size, folder)
+            os.remove(corpus)
+        return pretrained.load_tokenizer(folder), folder
+    if not folder:
+        raise ValueError("config.data.tokenizer and config.model.pretrained are both empty: "
+                         "a text task needs a tokenizer ('char', a folder, or the model's)")
+    folder = str(pretrained.resolve_model_dir(folder))
+    return pretrained.load_tokenizer(folder), folder
+
+
+TFDS = "tfds:"
+
+
+def tfds_records(path: str, split: str, d: ml_collections.ConfigDict) -> list[dict]:
+    """The lmx records of one split of "tfds:NAME" (lmx.tfds_sources; data.tfds_dir)."""
+    from lmx import tfds_sources  # noqa: PLC0415
+    if not split:
+        raise ValueError(f"{path}: a tfds dataset needs a split name (data.*_split)")
+    return tfds_sources.load(path[len(TFDS):], split, data_dir=d.tfds_dir or None).records()
+
+
+def read_corpus(path: str, split: str, d: ml_collections.ConfigDict) -> str:
+    """A raw text file's text, or the texts of a tfds split / the text column of a CSV or TSV
+    file joined by newlines."""
+    if path.startswith(TFDS):
+        return "\n".join(r["text"] for r in tfds_records(path, split, d))
+    if path.endswith((".csv", ".tsv")):
+        return "\n".join(corpus_lines(path, d)) + "\n"
+    return readers.read_text(path)
+
+
+def corpus_lines(path: str, d: ml_collections.ConfigDict, split: str = "train") -> list[str]:
+    """Non-empty lines of a raw text file (or tfds texts), or the text column of a CSV / TSV."""
+    if path.startswith(TFDS):
+        return [line for line in read_corpus(path, split, d).splitlines() if line.strip()]
+    if path.endswith((".csv", ".tsv")):
+        return [r["text"] for r in readers.read_delimited(path, d.text_column, d.label_column)]
+    return [line for line in readers.read_text(path).splitlines() if line.strip()]
+
+
+def separate_validation(d: ml_collections.ConfigDict) -> bool:
+    """A validation file, or a validation split of a tfds train set (files have no splits)."""
+    return bool(d.validation_file or (d.validation_split and d.train_file.startswith(TFDS)))
+
+
+def carve_rows(rows: list, d: ml_collections.ConfigDict) -> tuple[list, list]:
+    """(train, validation): a seeded `validation_fraction` of the rows, both in file order."""
+    order = np.random.default_rng(d.split_seed).permutation(len(rows))
+    cut = int(round(d.validation_fraction * len(rows)))
+    return [rows[i] for i in np.sort(order[cut:])], [rows[i] for i in np.sort(order[:cut])]
+
+
+def keep_labels(examples, names: list[str], keep: str) -> tuple[Any, list[str]]:
+    """The examples whose label name is in the comma-separated `keep`, renumbered in that
+    order (data.keep_labels); all of them when `keep` is empty."""
+    if not keep:
+        return examples, names
+    kept = [k.strip() for k in keep.split(",") if k.strip()]
+    unknown = [k for k in kept if k not in names]
+    if unknown:
+        raise ValueError(f"config.data.keep_labels: {unknown} are not labels of the data "
+                         f"({names})")
+    old_ids = np.asarray([names.index(k) for k in kept])
+    index = np.flatnonzero(np.isin(examples.labels, old_ids))
+    subset = examples.subset(index)
+    new_id = np.full(len(names), -1, np.int32)
+    new_id[old_ids] = np.arange(len(old_ids))
+    subset.labels = new_id[subset.labels]
+    return subset, kept
+
+
+def carve(examples, config) -> tuple[Any, Any]:
+    train_index, valid_index = data.stratified_split(
+        examples.labels, config.data.validation_fraction, config.data.split_seed)
+    return examples.subset(train_index), examples.subset(valid_index)
