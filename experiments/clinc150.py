@@ -7,7 +7,8 @@ The out-of-scope queries train as a 151st class; validation is the official `val
 numbers); `--config.data.test_split=test --config.data.test_file=PATH/data_full.json` also
 scores the official test split at the end. Variants: `lora` (default), `full`, `houlsby`,
 `bitfit`; `runlocal`. Data: ../shared/data/clinc150 (CC BY 3.0; not shipped with lmx).
-Hardware: 2-core CPU (no GPU). Wall time and metrics: see the README results table.
+Measured (2-core CPU, LoRA, 3 epochs, 1,125 s of training on a CPU partly shared with test
+runs): in-scope accuracy 0.968, OOS recall 0.43, accuracy over all 3,100 validation queries 0.951.
 """
 import os
 

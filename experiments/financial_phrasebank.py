@@ -13,7 +13,9 @@ label, a seeded permutation, the first round(0.2 n) go to validation); the rest 
 The two agreement levels are split independently (the AllAgree sentences are a subset of
 50Agree, so do not evaluate an AllAgree model on 50Agree validation).
 Data: ../shared/data/financial_phrasebank (CC BY-NC-SA 3.0; not shipped with lmx).
-Hardware: 2-core CPU (no GPU). Wall time and accuracy: see the README results table.
+Measured (2-core CPU, AllAgree, 453 validation sentences, 6 epochs): LoRA 0.969 (1.45% of the
+weights trainable; 777 s of training, on a CPU shared with test runs), Houlsby adapters 0.969
+(2.57%, 347 s), full fine-tuning 0.962 (554 s), BitFit 0.947 (0.12%, 320 s).
 """
 import os
 

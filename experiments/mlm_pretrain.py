@@ -12,7 +12,12 @@ the model is BERT-mini (4 layers, 256 wide, Turc et al. 2019) with BERT's maskin
 80/10/10, a new mask each epoch). At the end the encoder is exported as a HF BERT folder with
 the tokenizer (WORKDIR/hf), which `config.model.pretrained` reads like any checkpoint.
 Variant `runlocal`: a few steps. Data: ../shared/data/sst2 (not shipped with lmx).
-Hardware: 2-core CPU (no GPU). Wall time and perplexity: see the README results table.
+Measured (2-core CPU, 2 epochs = 1,030 steps, 1,535 s of training, 26.7 min wall): validation
+perplexity 238 over the masked tokens (masked accuracy 21.4%; 1,347 held-out phrases).
+The vocabulary projection runs on the masked positions only (text_pipeline.gather_targets).
+Transfer, measured: SST-2 dev accuracy after `sst2.py:transfer,subset` 0.596 vs 0.585 from
+random init (250 steps, lr 1e-4: within noise); 0.755 vs 0.786 at 500 steps, lr 3e-4 (random
+init ahead). This much pre-training does not help yet: see the README.
 """
 import os
 

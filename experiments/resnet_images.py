@@ -15,7 +15,12 @@ BSD-3), upscaled to 32x32 RGB, 15% of each stage's classes held out for validati
 prepares it: `pip install -e .[tfds-prepare]`), validation = its test split.
 Stage 2 loads `runs/resnet_pretrain/hf` (`runs/resnet_pretrain_cifar10/hf` with `cifar10`);
 `runlocal`: a tiny ResNet, a few steps, no pretrained weights.
-Hardware: 2-core CPU. Wall time and accuracy: see the README results table.
+Measured (2-core CPU, digits; 134 validation images of 5-9): pretrain on 0-4 (20 epochs,
+265 s) 1.000 on its own validation; adapting (10 epochs): full fine-tuning 0.993 (136 s),
+Houlsby adapters 0.918 (0.31% trainable, 107 s), BitFit 0.724 (BatchNorm biases + head,
+0.07%, 114 s); from random init (`scratch`) 0.985 (130 s). Digits are easy enough that
+pre-training buys under a point here; BitFit's BatchNorm biases alone cannot re-purpose
+the features for new classes.
 """
 import os
 
@@ -60,6 +65,8 @@ def get_config(arg: str = ""):
                 c.train.learning_rate = 3e-3
         elif a != "cifar10":
             raise ValueError(f"experiments/resnet_images.py: unknown arg {a!r}")
+    if stage != "pretrain" and not cifar:
+        c.train.num_epochs = 10  # adapting: half the pre-training budget
     if stage == "adapt" and "runlocal" not in args:
         c.model.pretrained = os.path.join(
             REPO, "runs", "resnet_pretrain_cifar10" if cifar else "resnet_pretrain", "hf")
