@@ -158,12 +158,8 @@ class SequenceClassification(Task):
         `config.model.pretrained` reads: the pre-training half of a transfer experiment."""
         if self.config.model.family != "resnet" or self.config.peft.method != "full":
             return {}
-        import lmx.hf  # noqa: PLC0415
-        out = os.path.join(workdir, "hf")
-        variables = trainer.inference_variables()
-        lmx.hf.save_pretrained(trainer.model.module, {
-            k: variables[k] for k in ("params", "batch_stats")}, out)
-        return {"exported": out}
+        return {"exported": export_hf(trainer, workdir, trainer.inference_variables(),
+                                      ("params", "batch_stats"))}
 
     def steps_per_epoch(self, split, batch_size: int) -> int:
         return data.steps_per_epoch(split, batch_size)
@@ -200,6 +196,14 @@ class SequenceClassification(Task):
     def headline(self) -> str:
         names = self.label_names
         return ("in_scope_accuracy" if readers.CLINC150_OOS_LABEL in names else "accuracy")
+
+
+def export_hf(trainer, workdir: str, variables: dict, collections=("params",)) -> str:
+    """Saves the trained model as a HF folder WORKDIR/hf that `model.pretrained` reads."""
+    import lmx.hf  # noqa: PLC0415
+    out = os.path.join(workdir, "hf")
+    lmx.hf.save_pretrained(trainer.model.module, {k: variables[k] for k in collections}, out)
+    return out
 
 
 def _eval_token_batches(task: Task, split) -> Iterator[tuple[dict, dict]]:
@@ -362,19 +366,15 @@ class CausalLM(Task):
         GPT-2 folder (+ char_vocab.json) that `model.pretrained` reads (e.g. LoRA-adapting it)."""
         from lmx import generate  # noqa: PLC0415
         tokenizer, n = trainer.datasets["tokenizer"], self.config.data.sample_tokens
-        out = {}
+        out, variables = {}, trainer.inference_variables()
         if self.config.peft.method == "full":
-            import lmx.hf  # noqa: PLC0415
-            out["exported"] = os.path.join(workdir, "hf")
-            lmx.hf.save_pretrained(trainer.model.module, {"params": trainer.inference_variables()[
-                "params"]}, out["exported"])
+            out["exported"] = export_hf(trainer, workdir, variables)
             if hasattr(tokenizer, "chars"):
                 tokenizer.save(os.path.join(out["exported"], "char_vocab.json"))
         if not n:
             return out
         T = self.config.data.max_length
         prompt = trainer.datasets["validation"][:T // 4]
-        variables = trainer.inference_variables()
         sampling = generate.Sampling(temperature=0.8, top_k=min(40, tokenizer.vocab_size))
         tokens = [int(i) for i in prompt]
         # The model only ever saw T positions: sample in rounds over a sliding window (the
@@ -467,11 +467,7 @@ class MaskedLM(Task):
         if self.config.peft.method != "full":
             return {}
         import shutil  # noqa: PLC0415
-
-        import lmx.hf  # noqa: PLC0415
-        out = os.path.join(workdir, "hf")
-        lmx.hf.save_pretrained(trainer.model.module, {"params": trainer.inference_variables()[
-            "params"]}, out)
+        out = export_hf(trainer, workdir, trainer.inference_variables())
         source = self._tokenizer_dir
         for name in ("tokenizer.model", "tokenizer_config.json", "tokenizer.json", "vocab.txt",
                      "special_tokens_map.json"):
