@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
         pad_multiple=16,  # pad batches to a multiple of this (fewer shapes to compile)
         bucket_batches=50,  # sort by length within windows of this many batches
         split_seed=0,
+        max_eval_examples=0,  # > 0: score only the first N validation / test examples (tokens
+        # for a causal LM): smoke runs; results.json records the sizes actually scored
     ))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -116,7 +118,7 @@ POSITIVE = ("train.batch_size", "train.eval_batch_size", "train.log_every", "dat
 NON_NEGATIVE = ("train.num_steps", "train.eval_every", "train.checkpoint_every", "train.num_epochs",
                 "train.learning_rate", "train.weight_decay", "train.grad_clip_norm",
                 "explain.num_examples", "peft.num_prompt_tokens", "peft.adapter_size",
-                "data.sample_tokens", "data.tokenizer_vocab_size")
+                "data.sample_tokens", "data.tokenizer_vocab_size", "data.max_eval_examples")
 # Which tasks read which data kinds (images and the toy task are sequence classification).
 TASK_KINDS = {"sequence_classification": ("csv_classification", "phrasebank", "clinc150",
                                           "images", "digits", "synthetic"),

@@ -64,6 +64,47 @@ def gelu(x: jax.Array, approximate: bool) -> jax.Array:
     return nn.gelu(x, approximate=True) if approximate else _gelu_erf(x)
 
 
+def _hash32(h_u32: jax.Array) -> jax.Array:
+    """lowbias32 (C. Wellons' hash prospector): a bijection of uint32 with low avalanche bias."""
+    h_u32 = (h_u32 ^ (h_u32 >> 16)) * jnp.uint32(0x7FEB352D)
+    h_u32 = (h_u32 ^ (h_u32 >> 15)) * jnp.uint32(0x846CA68B)
+    return h_u32 ^ (h_u32 >> 16)
+
+
+def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+    """A Bernoulli(1 - rate) mask from a counter hash of each element's row-major index.
+
+    Two rounds of `_hash32` keyed by 64 random bits from `key` (one threefry call per mask,
+    not one per element): on XLA:CPU a (32, 12, 64, 64) mask takes ~1 ms this way and ~40 ms
+    from `jax.random.bernoulli` (threefry or rbg alike). The mask is a function of the global
+    index, so a sharded step draws the same mask as an unsharded one. Indices wrap past 2**32
+    elements. The keep probability is exact to 2**-32.
+    """
+    seed_a, seed_b = jax.random.bits(key, (2,), jnp.uint32)
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+        stride = (stride * shape[axis]) % 2 ** 32
+    bits = _hash32(_hash32(index ^ seed_a) ^ seed_b)
+    return bits >= jnp.uint32(min(round(rate * 2 ** 32), 2 ** 32 - 1))
+
+
+class Dropout(nn.Module):
+    """`flax.linen.Dropout`'s contract (rng collection "dropout", inverted scaling) with the
+    cheap `keep_mask`: the same distribution, a different random stream."""
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate >= 1.0:
+            return jnp.zeros_like(x)
+        keep = keep_mask(self.make_rng("dropout"), x.shape, self.rate)
+        return jax.lax.select(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
 def lora_a_init(key, shape, dtype=jnp.float32):
     """Kaiming-uniform with a=sqrt(5) over fan_in, as HF PEFT / torch Linear: U(-1/sqrt(I), 1/sqrt(I))."""
     fan_in = 1
@@ -116,7 +157,7 @@ class Dense(nn.Module):
                                   (self.axes[0], ax.RANK))
             b_RO = _peft_variable(self, "lora_b", nn.initializers.zeros, (rank, self.features),
                                   (ax.RANK, self.axes[1]))
-            x_BI = nn.Dropout(self.peft.lora_dropout)(x_BI, deterministic=deterministic)
+            x_BI = Dropout(self.peft.lora_dropout)(x_BI, deterministic=deterministic)
             update_BO = matmul(matmul(x_BI, a_IR, self.dtype), b_RO, self.dtype)
             y_BO = y_BO + self.peft.lora_scale * update_BO
         return y_BO
@@ -154,7 +195,7 @@ class Conv(nn.Module):
                                (None, None, ax.CONV_IN, ax.RANK))
             b = _peft_variable(self, "lora_b", nn.initializers.zeros, (1, 1, rank, self.features),
                                (None, None, ax.RANK, ax.CONV_OUT))
-            x_BHWC = nn.Dropout(self.peft.lora_dropout)(x_BHWC, deterministic=deterministic)
+            x_BHWC = Dropout(self.peft.lora_dropout)(x_BHWC, deterministic=deterministic)
             update = self._conv(self._conv(x_BHWC, a, self.strides), b, (1, 1))
             y = y + self.peft.lora_scale * update
         return y

@@ -30,6 +30,19 @@ def place(tree: Any, shardings: Any) -> Any:
     return jax.jit(lambda x: x, out_shardings=shardings)(tree)
 
 
+def _first(examples, config: ml_collections.ConfigDict, split: str):
+    """The first `data.max_eval_examples` examples of an evaluation split (0 = all); a causal
+    LM's split is one token stream: the first that many windows of max_length + 1 tokens."""
+    limit = config.data.max_eval_examples
+    if isinstance(examples, np.ndarray) and config.model.task == "causal_lm":
+        limit *= config.data.max_length + 1
+    if examples is None or not limit or len(examples) <= limit:
+        return examples
+    logging.warning("data.max_eval_examples=%d: scoring the first %d of %d %s examples",
+                    limit, limit, len(examples), split)
+    return examples.subset(np.arange(limit)) if hasattr(examples, "subset") else examples[:limit]
+
+
 class Trainer:
     """Holds the jitted steps and the pieces of one run; `fit` trains, `evaluate` scores."""
 
@@ -43,6 +56,8 @@ class Trainer:
         loaded = self.task.load(config, workdir)
         self.task.bind(loaded)
         self.datasets = dict(vars(loaded))
+        for name in ("validation", "test"):
+            self.datasets[name] = _first(self.datasets[name], config, name)
         init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
         num_labels = len(loaded.label_names)
         self.model = models.create(config, num_labels, self.mesh, self.rules, init_rng,

@@ -6,6 +6,7 @@ Axis legend: N packed rows, B batch, T (padded / packed) length, L one example's
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Iterator, Sequence
 
@@ -67,6 +68,14 @@ def packed_batches(documents: Sequence[np.ndarray], seq_len: int, batch_size: in
 
 # --- MLM masking -------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=8)
+def _special_and_allowed(vocab_size: int, special: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """The special ids and the non-special ids a random replacement draws from (computed once
+    per vocabulary: redoing the setdiff per example made masking the pre-training bottleneck)."""
+    special_S = np.asarray(special, np.int64)
+    return special_S, np.setdiff1d(np.arange(vocab_size), special_S)
+
+
 def mlm_mask(example: dict, *, seed: int, mask_id: int, vocab_size: int,
              special_ids: Sequence[int], rate: float = 0.15) -> dict:
     """BERT masking of `example["ids"]` (L,): each non-special token is picked with `rate`;
@@ -78,11 +87,10 @@ def mlm_mask(example: dict, *, seed: int, mask_id: int, vocab_size: int,
     """
     ids_L = np.asarray(example["ids"])
     rng = np.random.default_rng([seed, int(example.get("epoch", 0)), int(example["index"])])
-    special = np.asarray(sorted(set(special_ids)), np.int64)
+    special, allowed = _special_and_allowed(vocab_size, tuple(sorted(set(special_ids))))
     candidates_L = ~np.isin(ids_L, special)
     picked_L = candidates_L & (rng.random(ids_L.shape) < rate)
     action_L = rng.random(ids_L.shape)  # < 0.8 mask, < 0.9 random, else keep
-    allowed = np.setdiff1d(np.arange(vocab_size), special)
     random_L = allowed[rng.integers(len(allowed), size=ids_L.shape)]
     new_L = np.where(action_L < 0.8, mask_id, np.where(action_L < 0.9, random_L, ids_L))
     return {**example, "ids": np.where(picked_L, new_L, ids_L).astype(ids_L.dtype),

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from lmx import sharding as ax
-from lmx.layers import Bottleneck, Dense, add_bias, gelu, layer_norm, matmul, rms_norm
+from lmx.layers import Bottleneck, Dense, Dropout, add_bias, gelu, layer_norm, matmul, rms_norm
 from lmx.peft import NO_PEFT, PEFT, PeftSpec
 
 TASKS = ("hidden", "mlm", "causal_lm", "sequence_classification", "token_classification")
@@ -166,7 +166,7 @@ class Embeddings(nn.Module):
             init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.RANK, None))
             shape = (self.peft.num_prompt_tokens, cfg.embed_dim)
             self.prompt = self.variable(PEFT, "prompt", lambda: init(self.make_rng("params"), shape))
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
 
     def __call__(self, ids_BT, token_types_BT, positions_BT, deterministic: bool,
                  embeds_BTD=None):
@@ -234,7 +234,7 @@ class Attention(nn.Module):
                                  jnp.finfo(jnp.float32).min)
         probs_BGQTS = jax.nn.softmax(scores_BGQTS, axis=-1)
         self.sow("intermediates", "attention_probs", probs_BGQTS)  # kept only if mutable
-        probs_BGQTS = nn.Dropout(cfg.attention_dropout_rate)(probs_BGQTS, deterministic=deterministic)
+        probs_BGQTS = Dropout(cfg.attention_dropout_rate)(probs_BGQTS, deterministic=deterministic)
         out_BTGQK = jnp.einsum("bgqts,bsgk->btgqk", probs_BGQTS.astype(dt), v_BSGK.astype(dt),
                                preferred_element_type=jnp.float32)
         return out_BTGQK.reshape(B, T, N * K)
@@ -308,7 +308,7 @@ class Block(nn.Module):
     def __call__(self, x_BTD, mask_BTS, positions_BT, deterministic: bool, mask_BT=None,
                  decode: str = ""):
         cfg, peft = self.cfg, self.peft
-        drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        drop = lambda h: Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         attention = Attention(cfg, peft, name="attention")
         mlp = Mlp(cfg, peft, name="mlp")
         attention_norm, mlp_norm = _norm(cfg, "attention_norm"), _norm(cfg, "mlp_norm")
@@ -534,7 +534,7 @@ class Head(nn.Module):
             return Dense(cfg.vocab_size, (ax.EMBED, ax.VOCAB), use_bias=False, dtype=dt,
                          name="lm")(h_BxD)
         # sequence (already pooled) or token classification
-        h_BxD = nn.Dropout(cfg.dropout_rate)(h_BxD, deterministic=deterministic)
+        h_BxD = Dropout(cfg.dropout_rate)(h_BxD, deterministic=deterministic)
         use_bias = cfg.classifier_bias or self.task == "token_classification"
         return Dense(self.num_labels, (ax.EMBED, None), use_bias=use_bias, dtype=dt,
                      name="classifier")(h_BxD)

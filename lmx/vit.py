@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from lmx import sharding as ax
-from lmx.layers import Dense, add_bias, layer_norm, matmul
+from lmx.layers import Dense, Dropout, add_bias, layer_norm, matmul
 from lmx.peft import NO_PEFT, PeftSpec
 from lmx.transformer import Block, TransformerConfig
 
@@ -109,7 +109,7 @@ class ViT(nn.Module):
         patches_BTD = PatchEmbed(cfg, name="patch_embed")(images_BHWC)
         cls_B1D = jnp.broadcast_to(cls_11D, (B, 1, D)).astype(patches_BTD.dtype)
         x_BTD = jnp.concatenate([cls_B1D, patches_BTD], axis=1) + position_1TD
-        x_BTD = nn.Dropout(enc.dropout_rate)(x_BTD, deterministic=deterministic)
+        x_BTD = Dropout(enc.dropout_rate)(x_BTD, deterministic=deterministic)
         T = x_BTD.shape[1]
         mask_BTS = jnp.ones((B, T, T), bool)
         positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
@@ -120,7 +120,7 @@ class ViT(nn.Module):
         x_BTD = layer_norm("final_norm", enc.norm_eps)(x_BTD)
         if self.task == "hidden":
             return (x_BTD, self._pool(x_BTD)) if cfg.use_pooler else x_BTD
-        cls_BD = nn.Dropout(enc.dropout_rate)(x_BTD[:, 0], deterministic=deterministic)
+        cls_BD = Dropout(enc.dropout_rate)(x_BTD[:, 0], deterministic=deterministic)
         return Head(cfg, self.num_labels, name="head")(cls_BD)
 
     def _pool(self, x_BTD: jax.Array) -> jax.Array:

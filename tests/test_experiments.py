@@ -40,12 +40,16 @@ def test_runlocal_runs_one_step(path, tmp_path):
         pytest.skip(f"dataset files not on this machine: {missing}")
     config.train.num_steps = 1
     config.train.eval_batch_size = 64
+    config.data.max_eval_examples = 64  # the step is under test, not the full-split score
     results = loop.run(config, str(tmp_path))
     assert results["step"] == 1
     headline = results["headline"]
     assert headline["value"] == results["validation"][headline["name"]]
     assert np.isfinite(headline["value"])
     assert 0 < results["trainable_percent"] <= 100
+    tokens = config.model.task == "causal_lm" and config.model.family == "transformer"
+    assert results["data"]["validation_examples"] <= 64 * (config.data.max_length + 1 if tokens
+                                                           else 1)
 
 
 @pytest.mark.parametrize("method", ["full", "bitfit", "houlsby", "pfeiffer", "prompt", "prefix",
