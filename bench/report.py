@@ -77,7 +77,7 @@ def markdown(results: dict) -> str:
                         if "validation_accuracy" in r else ""))
     lines += ["", f"lmx / reference end-to-end examples/s: "
               f"{_f(results['e2e_ratio'], '.2f')}x", "",
-              f"Per-run RSS increase: VmHWM (reset on entry) minus VmRSS at entry, in each "
+              "Per-run RSS increase: VmHWM (reset on entry) minus VmRSS at entry, in each "
               "side's own worker process (earlier runs of the same side stay resident).", "",
               "## Raw training step (fixed batch, median after warmup)", ""]
     lines += _speed_rows(results["raw"]) + ["", "## Memory", ""] + _memory_rows(results["raw"])

@@ -52,7 +52,7 @@ def get_config(arg: str = ""):
                                      "prefix": 1e-2, "ia3": 5e-3}.get(a, 2e-3)
         elif a == "transfer":
             c.model.pretrained = os.path.join(REPO, "runs", "mlm_pretrain", "hf")
-            c.model.pooling = "cls"
+            c.model.pooling = "mean"  # MLM pre-training trains no pooler
             c.peft.method = "full"
             c.train.learning_rate = 1e-4
         elif a == "random_init":
