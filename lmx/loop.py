@@ -33,13 +33,13 @@ def place(tree: Any, shardings: Any) -> Any:
 def _first(examples, config: ml_collections.ConfigDict, split: str):
     """The first `data.max_eval_examples` examples of an evaluation split (0 = all); a causal
     LM's split is one token stream: the first that many windows of max_length + 1 tokens."""
-    limit = config.data.max_eval_examples
+    limit, unit = config.data.max_eval_examples, "examples"
     if isinstance(examples, np.ndarray) and config.model.task == "causal_lm":
-        limit *= config.data.max_length + 1
+        limit, unit = limit * (config.data.max_length + 1), "tokens"
     if examples is None or not limit or len(examples) <= limit:
         return examples
-    logging.warning("data.max_eval_examples=%d: scoring the first %d of %d %s examples",
-                    limit, limit, len(examples), split)
+    logging.warning("data.max_eval_examples=%d: scoring the first %d of %d %s %s",
+                    config.data.max_eval_examples, limit, len(examples), split, unit)
     return examples.subset(np.arange(limit)) if hasattr(examples, "subset") else examples[:limit]
 
 
