@@ -51,7 +51,9 @@ def get_config(arg: str = ""):
     c.train.weight_decay = 0.01
     c.train.log_every = 50
     for a in args:
-        if a == "runlocal":
+        if a == "no_random":  # picked tokens: 80% [MASK], 20% unchanged, none random
+            c.data.mlm_split = (0.8, 0.0)
+        elif a == "runlocal":
             c.train.num_steps = 20
             c.train.eval_every = 20
             c.data.tokenizer_vocab_size = 1000

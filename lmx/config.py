@@ -55,7 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
         tokenizer="",  # "" = the pretrained model's; "char"; or a tokenizer folder
         tokenizer_vocab_size=0,  # > 0 (no tokenizer, no pretrained model): train a
         # sentencepiece unigram model of this size on the train file into WORKDIR/tokenizer
-        mlm_rate=0.15,  # masked-LM: fraction of tokens picked (80/10/10)
+        mlm_rate=0.15,  # masked-LM: fraction of tokens picked
+        mlm_split=(0.8, 0.1),  # of the picked: fractions -> [MASK], -> a random id; the
+        # rest stay unchanged (BERT's 80/10/10)
         sample_tokens=0,  # causal LM: print a sample of this many tokens at the end
         unknown_char="",  # char tokenizers: a vocabulary character standing for any other
         # ("" = a character outside the vocabulary is an error); the count is logged
@@ -70,6 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
         split_seed=0,
         max_eval_examples=0,  # > 0: score only the first N validation / test examples (tokens
         # for a causal LM): smoke runs; results.json records the sizes actually scored
+        max_train_examples=0,  # > 0: train on the first N training examples only (a labelled
+        # budget; windows of max_length + 1 tokens for a causal LM); results.json records it
     ))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -118,7 +122,8 @@ POSITIVE = ("train.batch_size", "train.eval_batch_size", "train.log_every", "dat
 NON_NEGATIVE = ("train.num_steps", "train.eval_every", "train.checkpoint_every", "train.num_epochs",
                 "train.learning_rate", "train.weight_decay", "train.grad_clip_norm",
                 "explain.num_examples", "peft.num_prompt_tokens", "peft.adapter_size",
-                "data.sample_tokens", "data.tokenizer_vocab_size", "data.max_eval_examples")
+                "data.sample_tokens", "data.tokenizer_vocab_size", "data.max_eval_examples",
+                "data.max_train_examples")
 # Which tasks read which data kinds (images and the toy task are sequence classification).
 TASK_KINDS = {"sequence_classification": ("csv_classification", "phrasebank", "clinc150",
                                           "images", "digits", "synthetic"),
@@ -187,6 +192,10 @@ def _value_errors(flat: dict) -> list[str]:
                       f"data.kind 'images' / 'digits', not {flat['data.kind']!r}")
     if not 0 < flat["data.mlm_rate"] < 1:
         errors.append(f"config.data.mlm_rate={flat['data.mlm_rate']!r} must be in (0, 1)")
+    split = tuple(flat["data.mlm_split"])
+    if len(split) != 2 or min(split) < 0 or sum(split) > 1:
+        errors.append(f"config.data.mlm_split={split!r} must be two fractions (to [MASK], "
+                      "to a random id) >= 0 summing to <= 1")
     if flat["data.kind"] not in ("digits", "synthetic"):
         import os  # noqa: PLC0415
         if (flat["data.kind"] in TEXT_KINDS and not flat["model.pretrained"]

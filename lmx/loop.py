@@ -31,15 +31,17 @@ def place(tree: Any, shardings: Any) -> Any:
 
 
 def _first(examples, config: ml_collections.ConfigDict, split: str):
-    """The first `data.max_eval_examples` examples of an evaluation split (0 = all); a causal
-    LM's split is one token stream: the first that many windows of max_length + 1 tokens."""
-    limit, unit = config.data.max_eval_examples, "examples"
+    """The first `data.max_train_examples` / `data.max_eval_examples` examples of a split
+    (0 = all); a causal LM's split is one token stream: the first that many windows of
+    max_length + 1 tokens."""
+    key = "max_train_examples" if split == "train" else "max_eval_examples"
+    limit, unit = config.data[key], "examples"
     if isinstance(examples, np.ndarray) and config.model.task == "causal_lm":
         limit, unit = limit * (config.data.max_length + 1), "tokens"
     if examples is None or not limit or len(examples) <= limit:
         return examples
-    logging.warning("data.max_eval_examples=%d: scoring the first %d of %d %s %s",
-                    config.data.max_eval_examples, limit, len(examples), split, unit)
+    logging.warning("data.%s=%d: keeping the first %d of %d %s %s", key, config.data[key],
+                    limit, len(examples), split, unit)
     return examples.subset(np.arange(limit)) if hasattr(examples, "subset") else examples[:limit]
 
 
@@ -54,6 +56,7 @@ class Trainer:
         self.rules = sharding.rules_for(config.sharding)
         self.task = tasks.get(config)
         loaded = self.task.load(config, workdir)
+        loaded.train = _first(loaded.train, config, "train")  # a labelled budget
         self.task.bind(loaded)
         self.datasets = dict(vars(loaded))
         for name in ("validation", "test"):

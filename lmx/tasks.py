@@ -433,7 +433,8 @@ class MaskedLM(Task):
         t = self._tokenizer
         return text_pipeline.mlm_mask(example, seed=self.config.seed, mask_id=self._mask_id,
                                       vocab_size=t.vocab_size, special_ids=t.special_ids,
-                                      rate=self.config.data.mlm_rate)
+                                      rate=self.config.data.mlm_rate,
+                                      split=tuple(self.config.data.mlm_split))
 
     steps_per_epoch = TokenClassification.steps_per_epoch
 

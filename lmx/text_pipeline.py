@@ -77,9 +77,11 @@ def _special_and_allowed(vocab_size: int, special: tuple[int, ...]) -> tuple[np.
 
 
 def mlm_mask(example: dict, *, seed: int, mask_id: int, vocab_size: int,
-             special_ids: Sequence[int], rate: float = 0.15) -> dict:
+             special_ids: Sequence[int], rate: float = 0.15,
+             split: tuple[float, float] = (0.8, 0.1)) -> dict:
     """BERT masking of `example["ids"]` (L,): each non-special token is picked with `rate`;
-    picked -> 80% `mask_id`, 10% a random non-special id, 10% unchanged.
+    picked -> `split[0]` (80%) `mask_id`, `split[1]` (10%) a random non-special id, the rest
+    (10%) unchanged.
 
     The RNG is seeded by (seed, example["epoch"], example["index"]), so an example's mask is
     the same wherever and whenever it is drawn. Adds `labels` (original id where picked,
@@ -92,7 +94,9 @@ def mlm_mask(example: dict, *, seed: int, mask_id: int, vocab_size: int,
     picked_L = candidates_L & (rng.random(ids_L.shape) < rate)
     action_L = rng.random(ids_L.shape)  # < 0.8 mask, < 0.9 random, else keep
     random_L = allowed[rng.integers(len(allowed), size=ids_L.shape)]
-    new_L = np.where(action_L < 0.8, mask_id, np.where(action_L < 0.9, random_L, ids_L))
+    to_mask, to_random = split
+    new_L = np.where(action_L < to_mask, mask_id,
+                     np.where(action_L < to_mask + to_random, random_L, ids_L))
     return {**example, "ids": np.where(picked_L, new_L, ids_L).astype(ids_L.dtype),
             "labels": np.where(picked_L, ids_L, IGNORE).astype(np.int32)}
 

@@ -46,6 +46,8 @@ def test_a_locked_config_refuses_unknown_keys_by_name():
     ("train", {"batch_size": 0}, r"config\.train\.batch_size=0 must be > 0"),
     ("train", {"learning_rate": -1.0}, r"config\.train\.learning_rate=-1\.0 must be >= 0"),
     ("data", {"validation_fraction": 1.5}, r"config\.data\.validation_fraction=1\.5 must be"),
+    ("data", {"mlm_split": (0.8, 0.3)}, r"config\.data\.mlm_split=\(0\.8, 0\.3\) must be"),
+    ("data", {"max_train_examples": -1}, r"config\.data\.max_train_examples=-1 must be >= 0"),
     ("train", {"batch_size": 12}, r"config\.train\.batch_size=12 is not divisible by the 8-way"),
 ])
 def test_bad_key_is_named(section, values, message):

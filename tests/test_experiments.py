@@ -64,3 +64,16 @@ def test_synthetic_variants_run(method, tmp_path):
 def test_unknown_arg_is_an_error():
     with pytest.raises(ValueError, match="unknown arg 'nope'"):
         _get_config(os.path.join(ROOT, "experiments", "banking77_lora.py"), "nope")
+
+
+def test_max_train_examples_is_a_labelled_budget(tmp_path):
+    """data.max_train_examples keeps the first N training examples: epochs count over them
+    and results.json records the budget actually trained on."""
+    config = _get_config(os.path.join(ROOT, "experiments", "tiny_synthetic.py"), "runlocal")
+    full = len(loop.Trainer(config, str(tmp_path / "full")).datasets["train"])
+    config.data.max_train_examples = 40
+    config.train.batch_size, config.train.num_steps, config.train.num_epochs = 8, 0, 2.0
+    assert full > 40
+    results = loop.run(config, str(tmp_path / "budget"))
+    assert results["data"]["train_examples"] == 40
+    assert results["step"] == 2 * 40 // 8
