@@ -399,9 +399,10 @@ class CausalLM(Task):
 
 
 class MaskedLM(Task):
-    """BERT's masked-LM pre-training on the lines of a raw text corpus (15%, 80/10/10, a new
-    mask every epoch); validation uses the epoch-0 mask, so its loss is comparable across runs."""
-    plot_metrics = ("masked_accuracy",)
+    """BERT's masked-LM pre-training on the lines of a raw text corpus (data.mlm_rate of the
+    tokens picked, split by data.mlm_split, 80/10/10 by default; a new mask every epoch);
+    validation uses the epoch-0 mask, so its loss is comparable across runs."""
+    plot_metrics = ("masked_accuracy", "mask_token_accuracy")
 
     def load(self, config, workdir: str) -> Datasets:
         d = config.data
@@ -451,14 +452,26 @@ class MaskedLM(Task):
 
     def eval_batches(self, split) -> Iterator[tuple[dict, dict]]:
         masked = [self._mask({**e, "index": i, "epoch": 0}) for i, e in enumerate(split)]
-        return _eval_token_batches(self, masked)
+        for batch, host in _eval_token_batches(self, masked):
+            yield batch, {**host, "at_mask": batch["ids"] == self._mask_id}
+
+    outputs = staticmethod(SequenceClassification.outputs)
 
     def scores(self, split, collected) -> dict[str, float]:
+        """Perplexity and accuracy over every picked token; `mask_token_accuracy` over the
+        ones shown as [MASK] only (comparable across data.mlm_split: unchanged picked tokens
+        are easy targets, random ones hard)."""
         nll = sum(float(o["loss_sum"]) for _, o in collected)
         count = sum(float(o["count"]) for _, o in collected)
         correct = sum(float(o["correct"]) for _, o in collected)
+        hits = shown = 0
+        for host, out in collected:
+            at_BT = host["at_mask"] & (host["labels"] != IGNORE)
+            hits += int((out["predictions"][at_BT] == host["labels"][at_BT]).sum())
+            shown += int(at_BT.sum())
         return {"perplexity": metrics.perplexity(nll, count),
-                "masked_accuracy": correct / max(count, 1.0)}
+                "masked_accuracy": correct / max(count, 1.0),
+                "mask_token_accuracy": hits / max(shown, 1)}
 
     def headline(self) -> str:
         return "perplexity"

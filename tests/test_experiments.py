@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from lmx import loop
+from lmx import loop, tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +70,7 @@ def test_max_train_examples_is_a_labelled_budget(tmp_path):
     """data.max_train_examples keeps the first N training examples: epochs count over them
     and results.json records the budget actually trained on."""
     config = _get_config(os.path.join(ROOT, "experiments", "tiny_synthetic.py"), "runlocal")
-    full = len(loop.Trainer(config, str(tmp_path / "full")).datasets["train"])
+    full = len(tasks.get(config).load(config, str(tmp_path / "full")).train)
     config.data.max_train_examples = 40
     config.train.batch_size, config.train.num_steps, config.train.num_epochs = 8, 0, 2.0
     assert full > 40

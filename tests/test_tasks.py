@@ -182,6 +182,17 @@ def test_causal_lm_batches_resume_exactly(tmp_path):
     np.testing.assert_array_equal(batches[0]["labels"], batches[0]["ids"] + 1)  # next token
 
 
+def test_mask_token_accuracy_counts_only_positions_shown_as_mask():
+    """Picked tokens left unchanged (or randomised) count in masked_accuracy, not in
+    mask_token_accuracy: here one [MASK] right, one wrong; the unchanged pick is right."""
+    host = {"labels": np.array([[5, -100, 7, 8]]), "at_mask": np.array([[1, 1, 1, 0]], bool)}
+    out = {"predictions": np.array([[5, 3, 6, 8]]), "loss_sum": np.float32(3.0),
+           "correct": np.float32(2.0), "count": np.float32(3.0)}
+    scores = tasks.MaskedLM(config_lib.base_config()).scores(None, [(host, out)])
+    assert scores["mask_token_accuracy"] == 0.5
+    assert scores["masked_accuracy"] == 2 / 3
+
+
 def test_mlm_pretrain_exports_and_transfers(tmp_path):
     rng = np.random.default_rng(0)
     lines = [" ".join(rng.choice(WORDS, size=int(rng.integers(4, 12)))) for _ in range(3000)]
@@ -192,6 +203,7 @@ def test_mlm_pretrain_exports_and_transfers(tmp_path):
     c.train.num_steps, c.train.learning_rate = 60, 5e-3
     results = loop.run(c, str(tmp_path / "mlm"))
     assert results["validation"]["perplexity"] < 300  # below uniform over the vocabulary
+    assert 1 / 300 < results["validation"]["mask_token_accuracy"] <= 1  # above chance
     exported = tmp_path / "mlm" / "hf"
     assert (exported / "tokenizer.model").exists() and (exported / "config.json").exists()
     module, variables = lmx.hf.from_pretrained(str(exported), task="hidden")
