@@ -10,7 +10,9 @@ Variants (comma-separated arg): a PEFT method (`lora` default, `full`, `houlsby`
 `prompt`, `prefix`, `ia3`); `transfer`: full fine-tuning of the BERT-mini pre-trained by
 experiments/mlm_pretrain.py (`--config.model.pretrained=runs/mlm_pretrain/hf`), with
 `random_init` the same architecture and tokenizer from random weights (the baseline);
-`subset`: train on the first 8,000 phrases only (a small labelled budget); `runlocal`.
+`subset`: 250 steps of 32 (8,000 phrases drawn from the shuffled train split: a small
+labelled and compute budget; `--config.data.max_train_examples=N` fixes the labelled set to
+the first N phrases instead); `runlocal`.
 Validation is the dev split (872 sentences); GLUE's test labels are not public.
 Data: ../shared/data/sst2 (not shipped with lmx). Hardware: 2-core CPU (no GPU).
 Wall time and accuracy: see the README results table. Zero- / few-shot cloze prompting:
