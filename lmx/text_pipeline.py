@@ -92,7 +92,7 @@ def mlm_mask(example: dict, *, seed: int, mask_id: int, vocab_size: int,
     special, allowed = _special_and_allowed(vocab_size, tuple(sorted(set(special_ids))))
     candidates_L = ~np.isin(ids_L, special)
     picked_L = candidates_L & (rng.random(ids_L.shape) < rate)
-    action_L = rng.random(ids_L.shape)  # < 0.8 mask, < 0.9 random, else keep
+    action_L = rng.random(ids_L.shape)  # < to_mask: [MASK]; < to_mask + to_random: random
     random_L = allowed[rng.integers(len(allowed), size=ids_L.shape)]
     to_mask, to_random = split
     new_L = np.where(action_L < to_mask, mask_id,
