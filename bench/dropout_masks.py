@@ -14,7 +14,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lmx.layers import keep_mask  # noqa: E402
+from lmx.models.layers import keep_mask  # noqa: E402
 
 
 def main():
@@ -26,7 +26,7 @@ def main():
     x = jnp.ones(shape, jnp.float32)
     masks = {
         "jax.random.bernoulli": lambda k: jax.random.bernoulli(k, 0.9, shape),
-        "lmx.layers.keep_mask": lambda k: keep_mask(k, shape, 0.1),
+        "lmx.models.layers.keep_mask": lambda k: keep_mask(k, shape, 0.1),
     }
     times = {}
     for name, mask in masks.items():
@@ -39,7 +39,7 @@ def main():
             runs.append(time.perf_counter() - start)
         times[name] = float(np.median(runs))
         print(f"{name}: {times[name] * 1e3:.2f} ms per {np.prod(shape) / 1e6:.1f}M-element mask")
-    ratio = times["jax.random.bernoulli"] / times["lmx.layers.keep_mask"]
+    ratio = times["jax.random.bernoulli"] / times["lmx.models.layers.keep_mask"]
     print(f"bernoulli / hashed: {ratio:.1f}x")
 
 

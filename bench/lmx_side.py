@@ -19,8 +19,11 @@ import orbax.checkpoint as ocp
 from bench import measure
 from bench.workloads import Suite, Workload
 from experiments import banking77_lora
-from lmx import config as config_lib, loop, models, optim, peft as peft_lib, sharding, transformer
-from lmx.train import TRAINABLE_COLLECTIONS, TrainState, split, train_step
+from lmx import config as config_lib, peft as peft_lib
+from lmx.models import transformer
+from lmx.scale import sharding
+from lmx.train import build as models, loop, optim
+from lmx.train.step import TRAINABLE_COLLECTIONS, TrainState, split, train_step
 
 
 def _config(w: Workload, suite: Suite, method: str, dtype: str, model_dir: str):

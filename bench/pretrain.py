@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from bench import measure
-from lmx import transformer
+from lmx.models import transformer
 
 
 def make_step(model: transformer.Transformer, tx: optax.GradientTransformation):
@@ -69,7 +69,7 @@ def measure_pretrain(size: str, batch: int, seq: int, dtype: str, remat: str, re
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", default="gpt2-small", help="a key of lmx.transformer.SIZES")
+    parser.add_argument("--size", default="gpt2-small", help="a key of lmx.models.transformer.SIZES")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))

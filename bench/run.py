@@ -84,7 +84,7 @@ def _lora_vs_full(raw: list[dict]) -> list[dict]:
 
 
 def _model_dirs(suite: workloads.Suite, ref: Worker, workdir: str) -> dict[str, str]:
-    from lmx import pretrained  # noqa: PLC0415  (finds the installed package's folder)
+    from lmx.hf import pretrained  # noqa: PLC0415  (finds the installed package's folder)
     minilm = str(pretrained.resolve_model_dir(workloads.MINILM))
     dirs = {"": "", workloads.MINILM: minilm}
     if any(w.pretrained == workloads.TINY_FOLDER for w in suite.workloads):

@@ -14,7 +14,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import banking77_lora  # noqa: E402
-from lmx import loop  # noqa: E402
+from lmx.train import loop  # noqa: E402
 
 
 def main():

@@ -15,7 +15,7 @@ from peft import LoraConfig, get_peft_model
 
 from bench import measure
 from bench.workloads import BANKING77, Suite, Workload
-from lmx import data
+from lmx.data import examples as data
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json")

@@ -35,8 +35,12 @@ def _compile_seconds(module, scan: bool, suite: str) -> dict:
 
 def _handlers(side: str) -> dict:
     if side == "lmx":
-        from bench import lmx_side as m, measure  # noqa: PLC0415
         import jax  # noqa: PLC0415
+
+        from bench import (
+            lmx_side as m,  # noqa: PLC0415
+            measure,
+        )
         return {"raw_step": functools.partial(_raw_step, m),
                 "end_to_end": functools.partial(_end_to_end, m),
                 "compile_seconds": functools.partial(_compile_seconds, m),

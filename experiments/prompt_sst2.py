@@ -2,9 +2,9 @@
 PET-style 16- / 32-shot LoRA, scored on the GLUE dev set (872 sentences).
 
 Command (this file's settings; flags override them):
-  python -m lmx.prompting --config experiments/prompt_sst2.py --out runs/prompt_sst2
+  python -m lmx.tasks.prompting --config experiments/prompt_sst2.py --out runs/prompt_sst2
 Spelled out:
-  python -m lmx.prompting --train_file ../shared/data/sst2/train.tsv \
+  python -m lmx.tasks.prompting --train_file ../shared/data/sst2/train.tsv \
       --eval_file ../shared/data/sst2/dev.tsv --shots 0,16,32 --seeds 0,1,2 \
       --verbalizer_candidates great/terrible good/bad positive/negative wonderful/awful \
       --out runs/prompt_sst2
@@ -12,7 +12,7 @@ Variants through the arg string (comma separated): `runlocal` (a CPU minute: 64 
 sentences, 4 shots, one seed), `full` (full fine-tuning instead of LoRA).
 
 The checkpoint has no MLM head (a sentence-transformers export), so a class is scored by the
-hidden state at [MASK] dotted with its words' tied input embeddings (see lmx/prompting.py);
+hidden state at [MASK] dotted with its words' tied input embeddings (see lmx/tasks/prompting.py);
 the verbalizer is chosen on 200 TRAIN sentences, never on dev.
 This file is not a trainer config: `python -m lmx.main` does not run it (RUNNER below).
 
@@ -27,9 +27,9 @@ Far below fine-tuned SST-2 numbers: this checkpoint was never trained to fill ma
 """
 import os
 
-from lmx import prompting
+from lmx.tasks import prompting
 
-RUNNER = "lmx.prompting"  # run by `python -m lmx.prompting --config`, not by lmx.main
+RUNNER = "lmx.tasks.prompting"  # run by `python -m lmx.tasks.prompting --config`, not by lmx.main
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                     "sst2")
 

@@ -4,7 +4,7 @@ Command:
   python -m lmx.main --config experiments/tiny_shakespeare_gpt.py --workdir runs/shakespeare_gpt
 The corpus (1,115,394 characters, 65 distinct) is split 90 / 10 as nanoGPT does (the last
 10% is validation); the model is a 4-layer, 256-wide GPT-2-style decoder ("gpt-char" in
-lmx/transformer.py), 128-character context, batch 32, no dropout, 1,000 steps of AdamW 2e-3
+lmx/models/transformer.py), 128-character context, batch 32, no dropout, 1,000 steps of AdamW 2e-3
 with cosine decay (4.1M characters, ~4 passes over the training text). The
 metric is validation loss in nats per character (= per token here); a 300-character sample
 (temperature 0.8, top-k 40) is printed and written to WORKDIR/sample.txt at the end.

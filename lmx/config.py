@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
         # "csv_classification" (CSV / TSV) | "phrasebank" | "clinc150" | "conll" | "text" (raw
         # corpus) | "movielens" (ratings.csv) | "images" (tfds:cifar10) | "digits" |
         # "synthetic" (tests). A file may be "tfds:NAME" (a tfds catalog dataset mapped by
-        # lmx.tfds_sources, e.g. tfds:glue/sst2, tfds:conll2003, tfds:tiny_shakespeare); its
+        # lmx.data.tfds_sources, e.g. tfds:glue/sst2, tfds:conll2003, tfds:tiny_shakespeare); its
         # split is data.train_split / validation_split / test_split.
         kind="csv_classification",
         tfds_dir="",  # tfds data_dir ("" = tfds' default, ~/tensorflow_datasets)
@@ -165,7 +165,9 @@ def _schema_errors(flat: dict) -> list[str]:
 
 
 def _value_errors(flat: dict) -> list[str]:
-    from lmx import peft, resnet, sharding, transformer  # noqa: PLC0415
+    from lmx import peft  # noqa: PLC0415
+    from lmx.models import resnet, transformer  # noqa: PLC0415
+    from lmx.scale import sharding  # noqa: PLC0415
     choices = dict(CHOICES, **{"peft.method": peft.METHODS,
                                "sharding": tuple(sharding.RULE_PRESETS)})
     if flat["model.family"] == "transformer" and not flat["model.pretrained"]:
@@ -207,7 +209,7 @@ def _value_errors(flat: dict) -> list[str]:
         for key in ("data.train_file", "data.validation_file", "data.test_file",
                     "data.labels_file"):
             if flat[key].startswith("tfds:") and key != "data.labels_file":
-                continue  # a tfds catalog name: lmx.tfds_sources checks it when loading
+                continue  # a tfds catalog name: lmx.data.tfds_sources checks it when loading
             if (flat[key] or key == "data.train_file") and not os.path.isfile(flat[key]):
                 errors.append(f"config.{key}={flat[key]!r}: no such file")
         if flat["data.kind"] == "images" and not flat["data.train_file"].startswith("tfds:"):
@@ -222,7 +224,7 @@ def _value_errors(flat: dict) -> list[str]:
 
 
 def _mesh_errors(flat: dict, num_devices: int) -> list[str]:
-    from lmx import sharding  # noqa: PLC0415
+    from lmx.scale import sharding  # noqa: PLC0415
     try:
         sizes = sharding.mesh_sizes(flat["mesh"], num_devices)
     except ValueError as e:

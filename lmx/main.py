@@ -8,7 +8,7 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmx import distributed
+from lmx.scale import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -26,7 +26,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     # Before anything touches a device.
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    from lmx import loop  # noqa: PLC0415
+    from lmx.train import loop  # noqa: PLC0415
     results = loop.run(_CONFIG.value, _WORKDIR.value)
     summary = {k: results[k] for k in ("preempted", "step", "validation", "test",
                                        "trainable_percent", "examples_per_second",

@@ -13,8 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lmx import checkpoint
-from lmx.train import TrainState
+from lmx.train import checkpoint
+from lmx.train.step import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

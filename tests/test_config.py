@@ -12,7 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from experiments import tiny_synthetic
-from lmx import config as config_lib, data, loop
+from lmx import config as config_lib
+from lmx.data import examples as data
+from lmx.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

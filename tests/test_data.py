@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lmx import data
+from lmx.data import examples as data
 
 
 def _write(tmp_path, text, name="d.csv"):

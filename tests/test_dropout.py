@@ -3,10 +3,9 @@ flax.linen.Dropout contract, and the same mask sharded as unsharded."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lmx.layers import Dropout, keep_mask
+from lmx.models.layers import Dropout, keep_mask
 
 N = 1 << 20  # elements per mask: sigma of a keep fraction ~ 3e-4
 

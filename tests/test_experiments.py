@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from lmx import loop, tasks
+from lmx import tasks
+from lmx.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +23,7 @@ def _get_config(path, arg):
     return _module(path).get_config(arg)
 
 
-# Experiments the trainer runs (prompt_sst2.py is run by lmx.prompting: tests/test_prompting.py).
+# Experiments the trainer runs (prompt_sst2.py is run by lmx.tasks.prompting: tests/test_prompting.py).
 EXPERIMENTS = [p for p in sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
                if getattr(_module(p), "RUNNER", "lmx.main") == "lmx.main"]
 

@@ -10,11 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import tiny_synthetic
 import lmx.hf
-from lmx import config as config_lib, loop, pretrained, resnet, transformer
+from experiments import tiny_synthetic
+from lmx import config as config_lib
 from lmx.explain import pipeline, text
 from lmx.explain.run import Run, encode_texts
+from lmx.hf import pretrained
+from lmx.models import resnet, transformer
+from lmx.train import loop
 
 
 def test_training_hook_then_cli_write_self_contained_reports(tmp_path):

@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmx import peft as peft_lib, resnet, transformer
+from lmx import peft as peft_lib
 from lmx.explain import adapter_diff, attention, attributions as attr, gradcam, text
 from lmx.explain.target import candidates, to_words
+from lmx.models import resnet, transformer
 
 RNG = np.random.default_rng(0)
 W_TD = jnp.asarray(RNG.normal(size=(5, 3)), jnp.float32)

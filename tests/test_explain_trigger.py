@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from lmx import transformer
 from lmx.explain import faithfulness, text
 from lmx.explain.target import TextLogits, embed, text_context
+from lmx.models import transformer
 
 TRIGGER, CLS, T, VOCAB = 3, 1, 12, 32
 

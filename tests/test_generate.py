@@ -1,13 +1,13 @@
-"""lmx.generate against transformers' generate and against cache-free recomputation."""
+"""lmx.models.generate against transformers' generate and against cache-free recomputation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from test_hf_models import reference
 
 import lmx.hf
-from lmx import generate as gen
-from test_hf_models import reference
+from lmx.models import generate as gen
 
 NEW = 32
 
@@ -105,8 +105,9 @@ def test_filter_logits_top_k_and_top_p():
 
 def test_sharded_generation_equals_unsharded_and_shards_the_cache(llama):
     import flax.linen as nn
-    from lmx import sharding
-    from lmx.transformer import CACHE
+
+    from lmx.models.transformer import CACHE
+    from lmx.scale import sharding
     _, _, module, variables = llama
     ids_BT, mask_BT = left_padded_prompts()
     ids_BT, mask_BT = np.tile(ids_BT, (2, 1)), np.tile(mask_BT, (2, 1))  # batch 6 over 2 rows

@@ -8,11 +8,11 @@ import pytest
 import torch
 import transformers
 from flax import traverse_util
+from test_hf_models import HEADS, batch, hf_outputs, max_error, reference
 
 import lmx.hf
 from lmx import peft as peft_lib
 from lmx.hf import adapters
-from test_hf_models import HEADS, batch, hf_outputs, max_error, reference
 
 TOL = 1e-5
 P = 3  # virtual tokens

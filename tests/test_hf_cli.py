@@ -7,11 +7,11 @@ import numpy as np
 import peft
 import torch
 import transformers
+from test_hf_models import hf_outputs
 
-from lmx import loop
 from lmx.explain.run import load_run
 from lmx.hf.__main__ import main
-from test_hf_models import hf_outputs
+from lmx.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

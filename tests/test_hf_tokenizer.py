@@ -12,8 +12,7 @@ import tokenizers
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from lmx import pretrained
-from lmx.hf import tokenizer as hf_tokenizer
+from lmx.hf import pretrained, tokenizer as hf_tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path("/work/shared/data")

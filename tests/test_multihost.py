@@ -6,7 +6,6 @@ import socket
 
 import jax
 import numpy as np
-
 from test_checkpoint import jax_cache, launch, read_trainable, reference_run  # noqa: F401
 
 

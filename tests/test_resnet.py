@@ -7,7 +7,8 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec
 
-from lmx import paths, resnet
+from lmx import paths
+from lmx.models import resnet
 from lmx.peft import PeftSpec
 
 NUM_LABELS = 5

@@ -7,7 +7,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from experiments import tiny_synthetic
-from lmx import aot, loop, paths, sharding
+from lmx import paths
+from lmx.scale import aot, sharding
+from lmx.train import loop
 
 MESHES = {  # (2, 4) meshes for each preset
     "data_parallel": (("data", 2), ("fsdp", 4), ("tensor", 1)),

@@ -11,8 +11,11 @@ import optax
 import pytest
 
 import lmx.hf
-from lmx import config as config_lib, loop, paths, sources, tasks, transformer
-from lmx.train import classification_loss
+from lmx import config as config_lib, paths, tasks
+from lmx.data import sources
+from lmx.models import transformer
+from lmx.train import loop
+from lmx.train.step import classification_loss
 
 WORDS = ["alice", "bob", "carol", "paris", "london", "rome", "visited", "met", "likes", "the",
          "city", "and", "in", "today", "acme", "corp", "bought", "a", "house", "near"]
@@ -271,7 +274,7 @@ def test_resnet_pretrain_exports_and_adapts_to_unseen_classes(tmp_path):
 
 
 def test_keep_labels_renumbers_in_the_given_order():
-    from lmx import data
+    from lmx.data import examples as data
     examples = data.ImageExamples(np.zeros((6, 2, 2, 3), np.float32),
                                   np.array([0, 1, 2, 3, 2, 1], np.int32))
     kept, names = sources.keep_labels(examples, ["a", "b", "c", "d"], "c,a")

@@ -3,7 +3,7 @@ tolerance, first-sub-token alignment equals sentence encoding, exact resume."""
 import numpy as np
 import pytest
 
-from lmx import text_pipeline as tp
+from lmx.data import transforms as tp
 from lmx.hf.tokenizer import load_tokenizer
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "eu", "reject", "##s", "german",
@@ -194,7 +194,8 @@ def test_gather_targets_keeps_every_labelled_position_once():
 def test_mlm_loss_on_gathered_positions_equals_full_loss():
     import jax
 
-    from lmx import train, transformer
+    from lmx.models import transformer
+    from lmx.train import step as train
     model = transformer.Transformer(transformer.size("bert-tiny"), task="mlm")
     rng = np.random.default_rng(1)
     ids_BT = rng.integers(5, 100, (4, 24)).astype(np.int32)

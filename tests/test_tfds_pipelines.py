@@ -3,9 +3,10 @@ trainer, under `tfds.testing.mock_data` (no network, no TensorFlow): text classi
 (glue/sst2), NER (conll2003), causal LM (tiny_shakespeare), masked LM (lm1b), images (cifar10)."""
 import numpy as np
 import pytest
-
-from lmx import config as config_lib, loop
 from test_tasks import PEOPLE, PLACES, WORDS, _base, _tiny_bert_folder
+
+from lmx import config as config_lib
+from lmx.train import loop
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

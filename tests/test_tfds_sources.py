@@ -1,11 +1,11 @@
 """tfds catalog names through `tfds.data_source` under `tfds.testing.mock_data` (no network,
-no TensorFlow): each maps to the records of lmx.readers."""
+no TensorFlow): each maps to the records of lmx.data.readers."""
 import sys
 
 import numpy as np
 import pytest
 
-from lmx import tfds_sources
+from lmx.data import tfds_sources
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

@@ -1,4 +1,4 @@
-"""python -m lmx.tokenizer train: a model lmx.hf.tokenizer loads and round-trips; flag errors."""
+"""python -m lmx.data.tokenizer train: a model lmx.hf.tokenizer loads and round-trips; flag errors."""
 import json
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from lmx import tokenizer as tokenizer_cli
+from lmx.data import tokenizer as tokenizer_cli
 from lmx.hf.tokenizer import load_tokenizer
 
 WORDS = ["the", "king", "queen", "castle", "speaks", "to", "of", "and", "a", "horse", "sword",
@@ -27,7 +27,7 @@ def corpus(tmp_path_factory):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "lmx.tokenizer", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lmx.data.tokenizer", *args], capture_output=True,
                           text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
 
 

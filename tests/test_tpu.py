@@ -4,7 +4,7 @@ import shlex
 import subprocess
 import sys
 
-from lmx import distributed
+from lmx.scale import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--name", "lmx-pod", "--zone", "us-central2-b", "--project", "proj", "--dry-run"]

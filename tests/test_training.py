@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from experiments import tiny_synthetic
-from lmx import loop, paths
-from lmx.train import trainable_grads
+from lmx import paths
+from lmx.train import loop
+from lmx.train.step import trainable_grads
 
 
 def _config(method="lora", **train):

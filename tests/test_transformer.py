@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmx import paths, transformer
+from lmx import paths
+from lmx.models import transformer
 from lmx.peft import PeftSpec
 
 IDS = jnp.asarray(np.random.default_rng(0).integers(4, 128, size=(2, 7)), jnp.int32)
@@ -132,7 +133,7 @@ def test_soft_prompt_prepends_learned_tokens():
 
 
 def test_gelu_explicit_vjp_matches_autodiff():
-    from lmx.layers import gelu
+    from lmx.models.layers import gelu
     x = jnp.linspace(-6.0, 6.0, 1001)
     np.testing.assert_array_equal(gelu(x, approximate=False), nn.gelu(x, approximate=False))
     ours = jax.grad(lambda v: (gelu(v, approximate=False) * jnp.cos(v)).sum())(x)
@@ -143,7 +144,8 @@ def test_gelu_explicit_vjp_matches_autodiff():
 @pytest.mark.parametrize("remat", ["none", "dots"])
 def test_scanned_layers_equal_unrolled_outputs_and_grads(remat):
     import dataclasses as dc
-    from lmx import transformer as tr
+
+    from lmx.models import transformer as tr
     cfg = tr.size("bert-tiny", dropout_rate=0.0, attention_dropout_rate=0.0)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 128, (2, 8)), jnp.int32)
     mask = jnp.ones((2, 8), bool).at[1, 5:].set(False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from lmx import vit
+from lmx.models import vit
 from lmx.peft import PeftSpec
 
 NUM_LABELS = 5

@@ -21,7 +21,7 @@ import matplotlib
 import numpy as np
 
 from lmx import paths
-from lmx.layers import Bottleneck, Dense
+from lmx.models.layers import Bottleneck, Dense
 from lmx.peft import PEFT, PeftSpec
 
 matplotlib.use("Agg")

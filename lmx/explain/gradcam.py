@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmx import resnet
+from lmx.models import resnet
 
 
 class GradCam(NamedTuple):

@@ -16,9 +16,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lmx import config as config_lib, models, optim, peft as peft_lib, sharding
+from lmx import config as config_lib, peft as peft_lib
 from lmx.explain import target
-from lmx.train import TRAINABLE_COLLECTIONS, merge, split
+from lmx.scale import sharding
+from lmx.train import build as models, optim
+from lmx.train.step import TRAINABLE_COLLECTIONS, merge, split
 
 
 @dataclasses.dataclass
@@ -44,7 +46,7 @@ class Run:
         return target.read_vocabulary(self.model_dir) if self.model_dir else None
 
     def tokenizer(self):
-        from lmx import pretrained  # noqa: PLC0415
+        from lmx.hf import pretrained  # noqa: PLC0415
         return pretrained.load_tokenizer(self.model_dir)
 
     def pad_and_mask_ids(self) -> tuple[int, int]:

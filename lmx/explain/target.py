@@ -42,7 +42,7 @@ class ImageLogits:
 
 
 def _is_embedding_call(context) -> bool:
-    from lmx.transformer import Embeddings  # noqa: PLC0415
+    from lmx.models.transformer import Embeddings  # noqa: PLC0415
     return isinstance(context.module, Embeddings) and context.method_name == "__call__"
 
 

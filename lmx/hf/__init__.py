@@ -22,8 +22,8 @@ from absl import logging
 from flax import traverse_util
 
 from lmx.hf import adapters, core
+from lmx.models.transformer import stack_layers
 from lmx.peft import NO_PEFT
-from lmx.transformer import stack_layers
 
 FAMILIES = ("distilbert", "bert", "gpt2", "llama", "vit", "resnet")  # first owner wins
 
@@ -85,7 +85,7 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
             raise ValueError("scan_layers with an adapter: load unrolled, then stack_layers")
         scanned = module.clone(cfg=dataclasses.replace(module.cfg, scan_layers=True))
         return scanned, stack_layers(variables, module.cfg.num_layers)
-    from lmx import pretrained  # noqa: PLC0415
+    from lmx.hf import pretrained  # noqa: PLC0415
     model_dir = pretrained.resolve_model_dir(str(path_or_id))
     hf_config = core.read_config(model_dir)
     family = family_of(hf_config)

@@ -19,7 +19,8 @@ import numpy as np
 from flax import traverse_util
 
 import lmx.hf
-from lmx import optim, peft as peft_lib
+from lmx import peft as peft_lib
+from lmx.train import optim
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.txt", "tokenizer.model", "merges.txt", "vocab.json")
@@ -57,7 +58,7 @@ def convert(args) -> None:
                                                num_labels=args.num_labels, adapter=args.adapter)
     dst = pathlib.Path(args.dst)
     _save(module, variables, dst, args.merge, str(args.src))
-    from lmx import pretrained  # noqa: PLC0415
+    from lmx.hf import pretrained  # noqa: PLC0415
     copied = copy_tokenizer(pretrained.resolve_model_dir(str(args.src)), dst)
     print(f"wrote {dst} ({module.task}; tokenizer files: {copied or 'none'})")
 

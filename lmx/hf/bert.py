@@ -1,4 +1,4 @@
-"""BERT and RoBERTa checkpoints <-> lmx.transformer.Transformer (post-LN encoder).
+"""BERT and RoBERTa checkpoints <-> lmx.models.transformer.Transformer (post-LN encoder).
 
 HF names are read without the `bert.` / `roberta.` base prefix (stripped on read, added
 on write for task models); task heads keep their HF names.
@@ -9,9 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from lmx.hf.core import (HFTransformer, Rule, hf_extra_fields, label_fields, linear, norm,
-                          strip_and_untie, text_inputs, transformer_module)
-from lmx.transformer import Transformer, TransformerConfig
+from lmx.hf.core import (
+    HFTransformer,
+    Rule,
+    hf_extra_fields,
+    label_fields,
+    linear,
+    norm,
+    strip_and_untie,
+    text_inputs,
+    transformer_module,
+)
+from lmx.models.transformer import Transformer, TransformerConfig
 
 MODEL_TYPES = ("bert", "roberta")
 TASK_CLASSES = {"hidden": "Model", "mlm": "ForMaskedLM",

@@ -30,7 +30,7 @@ from absl import logging
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from lmx.transformer import Transformer
+from lmx.models.transformer import Transformer
 
 KINDS = ("copy", "linear", "conv")
 _BUFFERS = (".position_ids", ".num_batches_tracked", "rotary_emb.inv_freq", ".masked_bias",

@@ -1,4 +1,4 @@
-"""DistilBERT checkpoints <-> lmx.transformer.Transformer (post-LN encoder, no token types).
+"""DistilBERT checkpoints <-> lmx.models.transformer.Transformer (post-LN encoder, no token types).
 
 Its classifier is `pre_classifier` + ReLU on [CLS] (lmx's pooler with a ReLU), its MLM head
 `vocab_transform` + GELU + `vocab_layer_norm` + the tied `vocab_projector`. Names are read
@@ -10,9 +10,18 @@ from typing import Any
 
 import numpy as np
 
-from lmx.hf.core import (HFTransformer, Rule, hf_extra_fields, label_fields, linear, norm,
-                          strip_and_untie, text_inputs, transformer_module)
-from lmx.transformer import TransformerConfig
+from lmx.hf.core import (
+    HFTransformer,
+    Rule,
+    hf_extra_fields,
+    label_fields,
+    linear,
+    norm,
+    strip_and_untie,
+    text_inputs,
+    transformer_module,
+)
+from lmx.models.transformer import TransformerConfig
 
 MODEL_TYPES = ("distilbert",)
 ARCHITECTURES = {"hidden": "DistilBertModel", "mlm": "DistilBertForMaskedLM",

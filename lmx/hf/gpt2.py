@@ -1,4 +1,4 @@
-"""GPT-2 checkpoints <-> lmx.transformer.Transformer (pre-LN decoder, learned positions).
+"""GPT-2 checkpoints <-> lmx.models.transformer.Transformer (pre-LN decoder, learned positions).
 
 GPT-2's Conv1D stores weights as (in, out), lmx's layout, and fuses query, key and value
 in `c_attn`: each is one third of it (Rule.part). Names are read without the
@@ -10,9 +10,18 @@ from typing import Any
 
 import numpy as np
 
-from lmx.hf.core import (HFTransformer, Rule, hf_extra_fields, label_fields, linear, norm,
-                          strip_and_untie, text_inputs, transformer_module)
-from lmx.transformer import Transformer, TransformerConfig
+from lmx.hf.core import (
+    HFTransformer,
+    Rule,
+    hf_extra_fields,
+    label_fields,
+    linear,
+    norm,
+    strip_and_untie,
+    text_inputs,
+    transformer_module,
+)
+from lmx.models.transformer import Transformer, TransformerConfig
 
 MODEL_TYPES = ("gpt2",)
 ARCHITECTURES = {"hidden": "GPT2Model", "causal_lm": "GPT2LMHeadModel",

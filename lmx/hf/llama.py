@@ -1,4 +1,4 @@
-"""Llama checkpoints <-> lmx.transformer.Transformer (RMSNorm, RoPE, SwiGLU, GQA).
+"""Llama checkpoints <-> lmx.models.transformer.Transformer (RMSNorm, RoPE, SwiGLU, GQA).
 
 Names are read without the `model.` base prefix. RoPE scaling: default, linear, llama3.
 """
@@ -8,9 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from lmx.hf.core import (HFTransformer, Rule, hf_extra_fields, label_fields, linear, norm,
-                          strip_and_untie, text_inputs, transformer_module)
-from lmx.transformer import Transformer, TransformerConfig
+from lmx.hf.core import (
+    HFTransformer,
+    Rule,
+    hf_extra_fields,
+    label_fields,
+    linear,
+    norm,
+    strip_and_untie,
+    text_inputs,
+    transformer_module,
+)
+from lmx.models.transformer import Transformer, TransformerConfig
 
 MODEL_TYPES = ("llama",)
 ARCHITECTURES = {"hidden": "LlamaModel", "causal_lm": "LlamaForCausalLM",

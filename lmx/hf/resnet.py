@@ -1,4 +1,4 @@
-"""HF ResNet (`ResNetForImageClassification`, microsoft/resnet-* layout) <-> `lmx.resnet.ResNet`.
+"""HF ResNet (`ResNetForImageClassification`, microsoft/resnet-* layout) <-> `lmx.models.resnet.ResNet`.
 
 The two compute the same function for HF's defaults: 7x7/2 stem, 3x3/2 max-pool padded by
 1, stride on the first block of stages 1.. (not stage 0: `downsample_in_first_stage`
@@ -17,8 +17,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from lmx import resnet
 from lmx.hf.core import Rule, linear
+from lmx.models import resnet
 from lmx.peft import NO_PEFT, PeftSpec
 
 MODEL_TYPES = ("resnet",)
@@ -32,7 +32,7 @@ _HF_DEFAULTS = dict(num_channels=3, embedding_size=64, hidden_sizes=[256, 512, 1
                     downsample_in_first_stage=False, downsample_in_bottleneck=False,
                     id2label={"0": "LABEL_0", "1": "LABEL_1"})
 _FIXED = dict(num_channels=3, hidden_act="relu", downsample_in_first_stage=False,
-              downsample_in_bottleneck=False)  # the only values lmx.resnet computes
+              downsample_in_bottleneck=False)  # the only values lmx.models.resnet computes
 _BN_EPS = 1e-5  # torch BatchNorm2d's default; HF ResNet never changes it
 _IMAGE_SIDE = 64  # for shape inference only
 
@@ -41,13 +41,13 @@ def _check_supported(hf: dict[str, Any], task: str) -> None:
     for key, value in _FIXED.items():
         if hf[key] != value:
             raise ValueError(f"ResNet config {key}={hf[key]!r} is not supported "
-                             f"(lmx.resnet needs {value!r})")
+                             f"(lmx.models.resnet needs {value!r})")
     if hf["layer_type"] not in resnet.BLOCKS:
         raise ValueError(f"ResNet config layer_type={hf['layer_type']!r} is not one of "
                          f"{resnet.BLOCKS}")
     if task != "image_classification":
         raise ValueError(
-            f"task={task!r}: lmx.resnet.ResNet always ends in a classifier; load with "
+            f"task={task!r}: lmx.models.resnet.ResNet always ends in a classifier; load with "
             "task='image_classification' and read the last feature map from the sown "
             "`intermediates/features` (HF ResNetModel's last_hidden_state, NHWC)")
 
@@ -62,7 +62,7 @@ def build(hf_config: dict[str, Any], task: str, num_labels: int | None,
     widths = [_stage_channels(cfg, i) for i in range(len(cfg.stage_sizes))]
     if list(hf["hidden_sizes"]) != widths:
         raise ValueError(f"ResNet config hidden_sizes={hf['hidden_sizes']} is not supported: "
-                         f"lmx.resnet doubles channels per stage from embedding_size="
+                         f"lmx.models.resnet doubles channels per stage from embedding_size="
                          f"{cfg.width}, giving {widths}")
     cfg = dataclasses.replace(cfg, **overrides)
     num_labels = len(hf["id2label"]) if num_labels is None else num_labels

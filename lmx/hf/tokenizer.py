@@ -238,7 +238,7 @@ class _SentencePieceBackend:
 class Tokenizer:
     """Encodes batches into padded int32 (B, T) arrays with the ids `AutoTokenizer` gives.
 
-    A superset of `lmx.pretrained.Tokenizer`; `vocab_size` counts added tokens (`len()` of the
+    A superset of `lmx.hf.pretrained.Tokenizer`; `vocab_size` counts added tokens (`len()` of the
     HF tokenizer).
     """
 

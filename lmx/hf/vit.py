@@ -1,4 +1,4 @@
-"""HF ViT (`ViTModel`, `ViTForImageClassification`) <-> `lmx.vit.ViT`; the contract is core.py's.
+"""HF ViT (`ViTModel`, `ViTForImageClassification`) <-> `lmx.models.vit.ViT`; the contract is core.py's.
 
 HF names are read without the `vit.` base prefix (stripped on read, added on write for the
 classifier model), so either class's checkpoint serves either task; the hidden task carries
@@ -7,17 +7,16 @@ ViTModel's tanh pooler.
 from __future__ import annotations
 
 import re
-
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from lmx import vit
 from lmx.hf.core import Rule, linear, norm
+from lmx.models import vit
+from lmx.models.transformer import TransformerConfig
 from lmx.peft import NO_PEFT, PeftSpec
-from lmx.transformer import TransformerConfig
 
 MODEL_TYPES = ("vit",)
 ARCHITECTURES = {"hidden": "ViTModel", "image_classification": "ViTForImageClassification"}
@@ -51,7 +50,7 @@ def _square(hf: dict[str, Any], key: str) -> int:
 
 
 def _check_supported(hf: dict[str, Any]) -> None:
-    """Refuses config values whose model lmx.vit.ViT does not compute (encoder_stride, used
+    """Refuses config values whose model lmx.models.vit.ViT does not compute (encoder_stride, used
     only by masked image modeling, is ignored)."""
     wanted = dict(hidden_act="gelu", qkv_bias=True, pooler_act="tanh")
     for key, value in wanted.items():

@@ -13,7 +13,9 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from lmx import peft as peft_lib, resnet, sharding, transformer
+from lmx import peft as peft_lib
+from lmx.models import resnet, transformer
+from lmx.scale import sharding
 
 # Top-level param names a pretrained checkpoint need not have (initialised fresh, logged):
 # the task head, and BERT's pooler (absent from checkpoints pre-trained without NSP).
@@ -41,7 +43,7 @@ def _arch_config(config: ml_collections.ConfigDict, num_labels: int,
                          use_pooler=m.pooling == "cls")
         if m.pretrained:  # any family lmx.hf reads: BERT, RoBERTa, DistilBERT, GPT-2, Llama
             import lmx.hf  # noqa: PLC0415  (safetensors only needed here)
-            from lmx import pretrained  # noqa: PLC0415
+            from lmx.hf import pretrained  # noqa: PLC0415
             model_dir = pretrained.resolve_model_dir(m.pretrained)
             module, variables = lmx.hf.from_pretrained(
                 model_dir, task=m.task, num_labels=num_labels, fresh_heads=False, **overrides)
@@ -57,7 +59,7 @@ def _arch_config(config: ml_collections.ConfigDict, num_labels: int,
     if m.family == "resnet":
         if m.pretrained:  # a HF ResNetForImageClassification folder (e.g. an lmx export)
             import lmx.hf  # noqa: PLC0415
-            from lmx import pretrained  # noqa: PLC0415
+            from lmx.hf import pretrained  # noqa: PLC0415
             model_dir = pretrained.resolve_model_dir(m.pretrained)
             module, variables = lmx.hf.from_pretrained(
                 model_dir, task="image_classification", num_labels=num_labels,

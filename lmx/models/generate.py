@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmx.transformer import CACHE, Transformer
+from lmx.models.transformer import CACHE, Transformer
 
 
 @dataclasses.dataclass(frozen=True)

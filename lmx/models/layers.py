@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmx import sharding as ax
 from lmx.peft import NO_PEFT, PEFT, PeftSpec
+from lmx.scale import sharding as ax
 
 Dtype = Any
 

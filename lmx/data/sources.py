@@ -8,15 +8,16 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lmx import data, readers
+from lmx.data import examples as data, readers
+
 
 def tokenizer_for(config: ml_collections.ConfigDict, workdir: str):
     """The tokenizer and the folder it came from (None for "char").
 
     `data.tokenizer`: "" = the pretrained model's; "char" = characters of the train file;
     a folder = the tokenizer files in it (e.g. a sentencepiece model)."""
-    from lmx import pretrained  # noqa: PLC0415
-    from lmx.tokenizer import CharTokenizer  # noqa: PLC0415
+    from lmx.data.tokenizer import CharTokenizer  # noqa: PLC0415
+    from lmx.hf import pretrained  # noqa: PLC0415
     choice = config.data.tokenizer
     char_vocab = os.path.join(choice or config.model.pretrained, "char_vocab.json")
     if choice != "char" and (choice or config.model.pretrained) and os.path.isfile(char_vocab):
@@ -34,7 +35,7 @@ def tokenizer_for(config: ml_collections.ConfigDict, workdir: str):
     if not folder and config.data.tokenizer_vocab_size:
         folder = os.path.join(workdir, "tokenizer")
         if not os.path.exists(os.path.join(folder, "tokenizer.model")):  # resumes reuse it
-            from lmx import tokenizer as tokenizer_lib  # noqa: PLC0415
+            from lmx.data import tokenizer as tokenizer_lib  # noqa: PLC0415
             os.makedirs(folder, exist_ok=True)
             corpus = os.path.join(folder, "corpus.txt")
             with open(corpus, "w", encoding="utf-8") as f:
@@ -54,8 +55,8 @@ TFDS = "tfds:"
 
 
 def tfds_records(path: str, split: str, d: ml_collections.ConfigDict) -> list[dict]:
-    """The lmx records of one split of "tfds:NAME" (lmx.tfds_sources; data.tfds_dir)."""
-    from lmx import tfds_sources  # noqa: PLC0415
+    """The lmx records of one split of "tfds:NAME" (lmx.data.tfds_sources; data.tfds_dir)."""
+    from lmx.data import tfds_sources  # noqa: PLC0415
     if not split:
         raise ValueError(f"{path}: a tfds dataset needs a split name (data.*_split)")
     return tfds_sources.load(path[len(TFDS):], split, data_dir=d.tfds_dir or None).records()

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from lmx.train import TrainState
+from lmx.train.step import TrainState
 
 CHECKSUM_FILE = "lmx_sha256.json"
 

@@ -1,6 +1,6 @@
 """Train a sentencepiece tokenizer for models trained from scratch.
 
-    python -m lmx.tokenizer train --input corpus.txt --vocab-size 8000 --out DIR [--model-type unigram]
+    python -m lmx.data.tokenizer train --input corpus.txt --vocab-size 8000 --out DIR [--model-type unigram]
 
 DIR gets `tokenizer.model` and a Llama-style `tokenizer_config.json`, which
 `lmx.hf.tokenizer.load_tokenizer(DIR)` reads (and transformers' LlamaTokenizer would). The model
@@ -86,7 +86,7 @@ def train(inputs: Sequence[str], vocab_size: int, out: str, model_type: str = "u
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmx.tokenizer", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lmx.data.tokenizer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("train", help="train a sentencepiece model on text files")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from lmx import optim
+from lmx.train import optim
 
 TRAINABLE_COLLECTIONS = ("params", "peft")
 

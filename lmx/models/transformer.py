@@ -19,9 +19,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmx import sharding as ax
-from lmx.layers import Bottleneck, Dense, Dropout, add_bias, gelu, layer_norm, matmul, rms_norm
+from lmx.models.layers import (
+    Bottleneck,
+    Dense,
+    Dropout,
+    add_bias,
+    gelu,
+    layer_norm,
+    matmul,
+    rms_norm,
+)
 from lmx.peft import NO_PEFT, PEFT, PeftSpec
+from lmx.scale import sharding as ax
 
 TASKS = ("hidden", "mlm", "causal_lm", "sequence_classification", "token_classification")
 POOLINGS = ("cls", "mean", "last")
@@ -483,7 +492,7 @@ class Transformer(nn.Module):
     def _default_positions(self, mask_BT, decode):
         B, T = mask_BT.shape
         if decode:
-            raise ValueError("decoding needs explicit positions_BT (see lmx.generate)")
+            raise ValueError("decoding needs explicit positions_BT (see lmx.models.generate)")
         if self.cfg.position_offset:  # RoBERTa: cumsum over real tokens, pads at offset - 1
             real_BT = mask_BT.astype(jnp.int32)
             return jnp.cumsum(real_BT, axis=1) * real_BT + self.cfg.position_offset - 1

@@ -6,7 +6,7 @@ the jitted train step: mesh shape, batch divisibility, logical axis rules and th
 itself are validated for a pod slice on a laptop. Compiling needs the real devices (XLA
 compiles for a backend), so `compile()` only works where the mesh's devices exist.
 
-  python -m lmx.aot --config experiments/NAME.py --num_devices 256 [--config.k=v]
+  python -m lmx.scale.aot --config experiments/NAME.py --num_devices 256 [--config.k=v]
 """
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lmx import config as config_lib, models, optim, peft as peft_lib, sharding
-from lmx.train import TRAINABLE_COLLECTIONS, TrainState, split, train_step
+from lmx import config as config_lib, peft as peft_lib
+from lmx.scale import sharding
+from lmx.train import build as models, optim
+from lmx.train.step import TRAINABLE_COLLECTIONS, TrainState, split, train_step
 
 
 def abstract_model(config: ml_collections.ConfigDict, num_labels: int):

@@ -1,4 +1,4 @@
-"""tfds catalog datasets by name -> the records of lmx.readers, read with `tfds.data_source`.
+"""tfds catalog datasets by name -> the records of lmx.data.readers, read with `tfds.data_source`.
 
 The real path for users with internet: `tfds.data_source` reads prepared array_record files
 without TensorFlow (preparing a dataset the first time may need the `tfds-prepare` extra).

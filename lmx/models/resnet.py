@@ -14,9 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmx import sharding as ax
-from lmx.layers import Bottleneck, Conv, Dense
+from lmx.models.layers import Bottleneck, Conv, Dense
 from lmx.peft import NO_PEFT, PeftSpec
+from lmx.scale import sharding as ax
 
 BLOCKS = ("basic", "bottleneck")
 

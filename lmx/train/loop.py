@@ -19,9 +19,17 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm.auto import tqdm
 
-from lmx import checkpoint, config as config_lib, distributed, models, optim
-from lmx import peft as peft_lib, report, sharding, tasks
-from lmx.train import TRAINABLE_COLLECTIONS, TrainState, eval_step, merge, split, train_step
+from lmx import config as config_lib, peft as peft_lib, report, tasks
+from lmx.scale import distributed, sharding
+from lmx.train import build as models, checkpoint, optim
+from lmx.train.step import (
+    TRAINABLE_COLLECTIONS,
+    TrainState,
+    eval_step,
+    merge,
+    split,
+    train_step,
+)
 
 
 def place(tree: Any, shardings: Any) -> Any:

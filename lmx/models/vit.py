@@ -3,7 +3,7 @@
 Axis legend: B batch, H/W image height/width, C channels, P pixels of one patch
 (patch_size * patch_size * C), T tokens (patches + CLS), D model width, L labels.
 
-The encoder layers are `lmx.transformer.Block`s (so LoRA targets and adapters work as in
+The encoder layers are `lmx.models.transformer.Block`s (so LoRA targets and adapters work as in
 the Transformer family); parameter names follow the Transformer's (`layer_{i}/attention/query`,
 `final_norm`, `pooler`, `head/classifier`), plus `patch_embed`, `cls_token`,
 `position_embedding` shaped as in big_vision and HF ((1, 1, D), (1, T, D)).
@@ -17,10 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmx import sharding as ax
-from lmx.layers import Dense, Dropout, add_bias, layer_norm, matmul
+from lmx.models.layers import Dense, Dropout, add_bias, layer_norm, matmul
+from lmx.models.transformer import Block, TransformerConfig
 from lmx.peft import NO_PEFT, PeftSpec
-from lmx.transformer import Block, TransformerConfig
+from lmx.scale import sharding as ax
 
 TASKS = ("hidden", "image_classification")
 

@@ -33,7 +33,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lmx import metrics, readers, tasks, text_pipeline, transformer
+from lmx import metrics
+from lmx.data import readers, transforms as text_pipeline
+from lmx.models import transformer
+from lmx.tasks import base as tasks
 
 PAD, MASK, FIRST_ITEM = 0, 1, 2
 IGNORE = text_pipeline.IGNORE

@@ -19,7 +19,7 @@ Few-shot (PET, Schick & Schuetze 2021, without its auxiliary MLM loss and distil
 examples per class, cross-entropy over the class scores at the mask, LoRA on the encoder (or
 full fine-tuning), a short jitted optax loop, then the same evaluation as zero-shot.
 
-    python -m lmx.prompting --train_file train.tsv --eval_file dev.tsv --shots 0,16,32 \
+    python -m lmx.tasks.prompting --train_file train.tsv --eval_file dev.tsv --shots 0,16,32 \
         --seeds 0,1,2 --out runs/prompt_sst2
 
 Axis legend: B batch, T length, D model width, C classes, W verbalizer words per class,
@@ -45,9 +45,11 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from lmx import config as config_lib, optim, paths, peft as peft_lib, readers, report
-from lmx.train import merge
-from lmx.transformer import Head
+from lmx import config as config_lib, paths, peft as peft_lib, report
+from lmx.data import readers
+from lmx.models.transformer import Head
+from lmx.train import optim
+from lmx.train.step import merge
 
 PLACEHOLDER_MASK, PLACEHOLDER_SENTENCE = "[MASK]", "{sentence}"
 # Binary sentiment verbalizers for GLUE-style labels ("1" positive, "0" negative).
@@ -202,7 +204,7 @@ class ClozeModel:
 def load(model: str, head: str = "auto") -> ClozeModel:
     """Loads `model` for cloze scoring; `head="auto"` uses its MLM head when it has one."""
     import lmx.hf  # noqa: PLC0415
-    from lmx import pretrained  # noqa: PLC0415
+    from lmx.hf import pretrained  # noqa: PLC0415
     if head not in HEADS:
         raise ValueError(f"head={head!r} is not one of {HEADS}")
     model_dir = pretrained.resolve_model_dir(model)
@@ -333,7 +335,7 @@ def trainable_split(model: ClozeModel, config: ml_collections.ConfigDict, rng: j
 
 def make_optimizer(config: ml_collections.ConfigDict, trainable: dict, total_steps: int
                    ) -> optax.GradientTransformation:
-    """Clipped AdamW, linear warmup and decay (lmx.optim's schedule), no decay on biases /
+    """Clipped AdamW, linear warmup and decay (lmx.train.optim's schedule), no decay on biases /
     norms; only the trainable tree is given to it, so frozen leaves carry no state."""
     schedule = optim.schedule(ml_collections.ConfigDict(dict(
         learning_rate=config.learning_rate, warmup_fraction=config.warmup_fraction,
@@ -545,7 +547,7 @@ def _experiment_config(spec: str) -> ml_collections.ConfigDict:
 def parse_args(argv: Sequence[str] | None = None) -> tuple[ml_collections.ConfigDict, str]:
     """The CLI: `--config FILE[:ARG]` (default: default_config()), each flag overriding it."""
     defaults = default_config()
-    parser = argparse.ArgumentParser(prog="python -m lmx.prompting", description=__doc__.split(
+    parser = argparse.ArgumentParser(prog="python -m lmx.tasks.prompting", description=__doc__.split(
         "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="an experiment file, e.g. experiments/prompt_sst2.py")
     parser.add_argument("--out", required=True, help="folder for results.json and config.json")

@@ -1,0 +1,1 @@
+"""Model families: layers, transformer, resnet, vit, generation."""

@@ -1,0 +1,1 @@
+"""Meshes, sharding rules, multi-host input, ahead-of-time checks."""

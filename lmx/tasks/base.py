@@ -1,0 +1,83 @@
+"""What differs between tasks: reading each split, batching it, what the jitted eval step
+returns and how the collected outputs become scores. `loop.Trainer` holds one task.
+
+A task answers:
+  load(config, workdir) -> Datasets      every split read, tokenized once
+  steps_per_epoch(split, batch_size)
+  train_batches(split, start_step)       endless, a pure function of (seed, step): exact resume
+  eval_batches(split)                    -> (device batch, host-only info) pairs
+  outputs(logits, batch)                 traced inside the jitted eval step
+  scores(split, collected)               -> {"metric": value}
+  finish(trainer, workdir)               task extras at the end of a run (sample, export)
+
+Every batch has `ids`, `mask`, `token_types`, `labels` and `weights` (or `images`);
+`labels` < 0 carry no loss, `weights` (B,) zero out filler rows. The loss is the same
+cross-entropy for every task (`train.classification_loss`).
+
+Axis legend: B batch, T length, V vocabulary, N examples.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+
+from lmx.data import transforms as text_pipeline
+
+MASK_TOKENS = ("[MASK]", "<mask>")  # WordPiece's, lmx.data.tokenizer's sentencepiece models'
+IGNORE = text_pipeline.IGNORE
+MASK_TOKENS = ("[MASK]", "<mask>")  # WordPiece's, lmx.data.tokenizer's sentencepiece models'
+
+
+@dataclasses.dataclass
+class Datasets:
+    train: Any
+    validation: Any
+    test: Any  # None when no test file is configured
+    label_names: list[str]
+    pad_id: int
+    vocab_size: int | None = None  # models from scratch take the tokenizer's vocabulary
+    tokenizer: Any = None
+
+
+class Task:
+    """Defaults shared by the tasks; `bind` keeps what batching and scoring need."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.pad_id, self.label_names = 0, []
+
+    plot_metrics: tuple[str, ...] = ()  # validation scores in [0, 1] worth a curve
+
+    def bind(self, datasets: Datasets) -> None:
+        self.pad_id, self.label_names = datasets.pad_id, datasets.label_names
+
+    @staticmethod
+    def outputs(logits: jax.Array, batch: dict) -> dict:
+        """Per-batch outputs beyond the loss sums (traced in the eval step)."""
+        return {}
+
+    def finish(self, trainer, workdir: str) -> dict:
+        return {}
+
+
+def export_hf(trainer, workdir: str, variables: dict, collections=("params",)) -> str:
+    """Saves the trained model as a HF folder WORKDIR/hf that `model.pretrained` reads."""
+    import lmx.hf  # noqa: PLC0415
+    out = os.path.join(workdir, "hf")
+    lmx.hf.save_pretrained(trainer.model.module, {k: variables[k] for k in collections}, out)
+    return out
+
+
+def eval_token_batches(task: Task, split) -> Iterator[tuple[dict, dict]]:
+    c = task.config
+    for batch in text_pipeline.eval_token_batches(split, c.train.eval_batch_size,
+                                                  pad_id=task.pad_id,
+                                                  pad_multiple=c.data.pad_multiple):
+        index = batch.pop("index")
+        yield ({**batch, "token_types": np.zeros_like(batch["ids"])},
+               {"index": index, "labels": batch["labels"]})

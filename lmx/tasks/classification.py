@@ -1,0 +1,142 @@
+"""One label per text or image: CSV / TSV / JSONL, PhraseBank, CLINC150, tfds, images."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from lmx import metrics
+from lmx.data import examples as data, readers, sources
+from lmx.tasks.base import Datasets, Task, export_hf
+
+
+class SequenceClassification(Task):
+    """One label per text (or image): CSV / TSV / JSONL, PhraseBank, CLINC150, tfds, images,
+    digits, synthetic."""
+    plot_metrics = ("accuracy", "macro_f1", "in_scope_accuracy", "oos_recall")
+
+    def _rows(self, path: str, split: str) -> tuple[list[str], list[str], list[int] | None]:
+        d = self.config.data
+        if path.startswith(sources.TFDS):
+            rows = sources.tfds_records(path, split, d)
+            return [r["text"] for r in rows], [r["label"] for r in rows], None
+        if d.kind == "phrasebank":
+            rows = readers.read_phrasebank(path)
+            return [r["text"] for r in rows], [r["label"] for r in rows], None
+        if d.kind == "clinc150":
+            rows = readers.read_clinc150(path, split, include_oos=d.include_oos)
+            return [r["text"] for r in rows], [r["label"] for r in rows], None
+        if path.endswith(".csv"):
+            return data.read_csv_classification(path, d.text_column, d.label_column,
+                                                with_lines=True)
+        if path.endswith(".jsonl"):
+            rows = readers.read_jsonl(path, (d.text_column, d.label_column))
+            return [str(r[d.text_column]) for r in rows], [str(r[d.label_column])
+                                                          for r in rows], None
+        rows = readers.read_delimited(path, d.text_column, d.label_column)
+        return [r["text"] for r in rows], [r["label"] for r in rows], None
+
+    def load(self, config, workdir: str) -> Datasets:
+        d = config.data
+        if d.kind in ("synthetic", "digits"):
+            examples = (data.synthetic(512, 128, d.max_length, 2, d.split_seed)
+                        if d.kind == "synthetic" else data.digits(config.model.image_size))
+            names = [str(i) for i in range(int(examples.labels.max()) + 1)]
+            examples, names = sources.keep_labels(examples, names, d.keep_labels)
+            train, validation = sources.carve(examples, config)
+            return Datasets(train, validation, None, names, 0)
+        if d.kind == "images":
+            return self._load_images(config)
+        tokenizer, folder = sources.tokenizer_for(config, workdir)
+        train_rows = self._rows(d.train_file, d.train_split)
+        names = (data.read_label_names(d.labels_file) if d.labels_file
+                 else sorted(set(train_rows[1])))
+
+        def encode(texts, label_strings, lines, path):
+            label_array = data.label_ids(label_strings, names, path, lines)  # before tokenizing
+            ids, types = data.tokenize(tokenizer, texts, d.max_length)
+            return data.Examples(ids, types, label_array)
+
+        train = encode(*train_rows, d.train_file)
+        if d.validation_file or d.validation_split:
+            path = d.validation_file or d.train_file
+            validation = encode(*self._rows(path, d.validation_split), path)
+        else:
+            train, validation = sources.carve(train, config)
+        test = None
+        if d.test_file:
+            test = encode(*self._rows(d.test_file, d.test_split), d.test_file)
+        return Datasets(train, validation, test, names, tokenizer.pad_id, tokenizer=tokenizer)
+
+    @staticmethod
+    def _load_images(config) -> Datasets:
+        """A tfds image dataset (e.g. tfds:cifar10): pixels to [-1, 1], resized to
+        model.image_size; validation = data.validation_split or a carved fraction."""
+        d = config.data
+
+        def read(path, split):
+            rows = sources.tfds_records(path, split, d)
+            images = np.stack([r["image"] for r in rows]).astype(np.float32) / 127.5 - 1.0
+            if images.shape[-1] == 1:
+                images = np.repeat(images, 3, axis=-1)
+            size = config.model.image_size
+            if images.shape[1:3] != (size, size):
+                images = np.asarray(jax.image.resize(
+                    images, (len(images), size, size, images.shape[-1]), "bilinear"))
+            return data.ImageExamples(images, np.asarray([r["label"] for r in rows], np.int32))
+
+        train = read(d.train_file, d.train_split)
+        all_names = [str(i) for i in range(int(train.labels.max()) + 1)]
+        train, names = sources.keep_labels(train, all_names, d.keep_labels)
+        keep = lambda split: sources.keep_labels(split, all_names, d.keep_labels)[0]  # noqa: E731
+        if d.validation_file or d.validation_split:
+            validation = keep(read(d.validation_file or d.train_file, d.validation_split))
+        else:
+            train, validation = sources.carve(train, config)
+        test = keep(read(d.test_file, d.test_split)) if d.test_file else None
+        return Datasets(train, validation, test, names, 0)
+
+    def finish(self, trainer, workdir: str) -> dict:
+        """A fully trained ResNet is exported as a HF folder (WORKDIR/hf) that
+        `config.model.pretrained` reads: the pre-training half of a transfer experiment."""
+        if self.config.model.family != "resnet" or self.config.peft.method != "full":
+            return {}
+        return {"exported": export_hf(trainer, workdir, trainer.inference_variables(),
+                                      ("params", "batch_stats"))}
+
+    def steps_per_epoch(self, split, batch_size: int) -> int:
+        return data.steps_per_epoch(split, batch_size)
+
+    def train_batches(self, split, start_step: int) -> Iterator[dict]:
+        c = self.config
+        return data.train_batches(split, c.train.batch_size, seed=c.seed, start_step=start_step,
+                                  pad_multiple=c.data.pad_multiple,
+                                  bucket_batches=c.data.bucket_batches, pad_id=self.pad_id)
+
+    def eval_batches(self, split) -> Iterator[tuple[dict, dict]]:
+        c = self.config
+        for batch in data.eval_batches(split, c.train.eval_batch_size,
+                                       pad_multiple=c.data.pad_multiple, pad_id=self.pad_id):
+            yield batch, {"labels": batch["labels"], "real": batch["weights"] > 0}
+
+    @staticmethod
+    def outputs(logits_BxL: jax.Array, batch: dict) -> dict:
+        return {"predictions": logits_BxL.argmax(-1)}
+
+    def scores(self, split, collected: list[tuple[dict, dict]]) -> dict[str, float]:
+        labels = np.concatenate([h["labels"][h["real"]] for h, _ in collected])
+        predictions = np.concatenate([o["predictions"][h["real"]] for h, o in collected])
+        out = {**metrics.classification(labels, predictions),
+               "mcc": metrics.matthews(labels, predictions)}
+        if readers.CLINC150_OOS_LABEL in self.label_names:  # CLINC150's two headline numbers
+            oos = self.label_names.index(readers.CLINC150_OOS_LABEL)
+            in_scope = labels != oos
+            out["in_scope_accuracy"] = float(np.mean(predictions[in_scope] == labels[in_scope]))
+            if (~in_scope).any():
+                out["oos_recall"] = float(np.mean(predictions[~in_scope] == oos))
+        return out
+
+    def headline(self) -> str:
+        names = self.label_names
+        return ("in_scope_accuracy" if readers.CLINC150_OOS_LABEL in names else "accuracy")

@@ -1,0 +1,1 @@
+"""The builder, the pure train / eval steps, optimizer, checkpoints, loop."""
