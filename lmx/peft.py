@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import flax
@@ -21,18 +22,20 @@ PEFT = "peft"  # the variable collection
 # Every linear layer of the encoder / decoder blocks (LoRA's strongest common setting).
 ALL_LINEAR = (r"params/layer_\d+/(attention/(query|key|value|out)|mlp/(up|down))/kernel",)
 METHODS = ("full", "lora", "houlsby", "pfeiffer", "bitfit", "prompt", "prefix", "ia3")
+LORA_ALPHA = 16.0  # the defaults, here once (lmx/config.py's schema reads them)
+ADAPTER_SIZE = 64
 
 
 @dataclasses.dataclass(frozen=True)
 class PeftSpec:
     """Static description of the PEFT modules a model builds (part of the jit key)."""
     lora_rank: int = 0
-    lora_alpha: float = 16.0
+    lora_alpha: float = LORA_ALPHA
     lora_dropout: float = 0.0
     lora_rslora: bool = False
     lora_targets: frozenset[str] = frozenset()  # module paths, e.g. "layer_0/attention/query"
     adapter: str = "none"  # "none" | "houlsby" | "pfeiffer"
-    adapter_size: int = 64
+    adapter_size: int = ADAPTER_SIZE
     num_prompt_tokens: int = 0  # soft prompt tuning: P vectors before the input embeddings
     prompt_in_pooling: bool = False  # "cls" pooling takes the first virtual token (as HF PEFT)
     num_prefix_tokens: int = 0  # prefix tuning: P key/value vectors per attention layer
@@ -100,6 +103,50 @@ def spec_from_config(peft_config: ml_collections.ConfigDict, base_params: Any) -
         targets = modules(peft_config.ia3.targets, "config.peft.ia3.targets")
         return PeftSpec(ia3_targets=targets | feedforward, ia3_feedforward=feedforward)
     return NO_PEFT
+
+
+def scanned_spec(spec: PeftSpec, num_layers: int) -> PeftSpec:
+    """`spec` (module paths of an unrolled model, `layer_N/...`) for the same model with its
+    layers scanned: one shared block, `layers/block/...`. A module adapted in some layers but
+    not in all cannot be expressed by one shared block: that is an error naming it."""
+    def scanned(module_paths: frozenset[str], what: str) -> frozenset[str]:
+        per_module: dict[str, set[int]] = {}
+        out = set()
+        for path in module_paths:
+            match = re.fullmatch(r"layer_(\d+)/(.+)", path)
+            if match is None:
+                out.add(path)  # outside the blocks (e.g. the pooler): unchanged
+                continue
+            per_module.setdefault(match.group(2), set()).add(int(match.group(1)))
+        for module, layers in sorted(per_module.items()):
+            if layers != set(range(num_layers)):
+                raise ValueError(
+                    f"config.model.scan_layers=True shares one block across the {num_layers} "
+                    f"layers, but {what} selects {module!r} in layers {sorted(layers)} only: "
+                    "select it in every layer, or set config.model.scan_layers=False")
+            out.add(f"layers/block/{module}")
+        return frozenset(out)
+
+    return dataclasses.replace(
+        spec, lora_targets=scanned(spec.lora_targets, "config.peft.lora.targets"),
+        ia3_targets=scanned(spec.ia3_targets, "config.peft.ia3"),
+        ia3_feedforward=scanned(spec.ia3_feedforward, "config.peft.ia3.feedforward"))
+
+
+def unscanned_spec(spec: PeftSpec, num_layers: int) -> PeftSpec:
+    """Inverse of `scanned_spec`: `layers/block/X` -> `layer_N/X` for every layer."""
+    def unrolled(module_paths: frozenset[str]) -> frozenset[str]:
+        out = set()
+        for path in module_paths:
+            if path.startswith("layers/block/"):
+                out |= {f"layer_{i}/{path[len('layers/block/'):]}" for i in range(num_layers)}
+            else:
+                out.add(path)
+        return frozenset(out)
+
+    return dataclasses.replace(spec, lora_targets=unrolled(spec.lora_targets),
+                               ia3_targets=unrolled(spec.ia3_targets),
+                               ia3_feedforward=unrolled(spec.ia3_feedforward))
 
 
 def trainable_patterns(peft_config: ml_collections.ConfigDict, variables: Any = None

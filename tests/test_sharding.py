@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 from experiments import tiny_synthetic
 from lmx import paths
 from lmx.scale import aot, sharding
-from lmx.train import loop
+from lmx.train import build, loop
 
 MESHES = {  # (2, 4) meshes for each preset
     "data_parallel": (("data", 2), ("fsdp", 4), ("tensor", 1)),
@@ -18,10 +18,17 @@ MESHES = {  # (2, 4) meshes for each preset
 }
 
 
+def _boxed(config):
+    """The model's variables as shapes boxed with logical axis names (nothing materialised)."""
+    mesh = sharding.abstract_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), 1)
+    return build.create(config, 2, mesh, sharding.rules_for(config.sharding),
+                        jax.random.key(0), abstract=True).abstract
+
+
 def _mesh_specs(method: str, preset: str) -> dict:
     config = tiny_synthetic.get_config()
     config.peft.method = method
-    _, boxed = aot.abstract_model(config, num_labels=2)
+    boxed = _boxed(config)
     logical = paths.flatten(nn.get_partition_spec(boxed))
     rules = sharding.RULE_PRESETS[preset]
     return {p: nn.logical_to_mesh_axes(s, rules) for p, s in logical.items()}
@@ -94,7 +101,7 @@ def test_pod_config_lowers_for_256_tpu_devices_on_this_cpu():
     assert report["mesh"] == {"data": 16, "fsdp": 8, "tensor": 2}
     # Kernels are split 16 ways (embed over fsdp=8 x heads/mlp/vocab over tensor=2); norms,
     # biases and the position table fewer: between 1/16 and 1/4 of the weights per device.
-    _, boxed = aot.abstract_model(config, num_labels=2)
+    boxed = _boxed(config)
     total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nn.unbox(boxed)["params"]))
     assert total / 16 <= report["per_device_frozen_bytes"] < total / 4
     config.mesh = (("data", 2), ("fsdp", 64), ("tensor", 2))  # embed_dim 32 cannot split 64 ways

@@ -18,9 +18,10 @@ import orbax.checkpoint as ocp
 
 from lmx import config as config_lib, peft as peft_lib
 from lmx.explain import target
+from lmx.models import families
 from lmx.scale import sharding
-from lmx.train import build as models, optim
-from lmx.train.step import TRAINABLE_COLLECTIONS, merge, split
+from lmx.train import build
+from lmx.train.step import merge
 
 
 @dataclasses.dataclass
@@ -33,7 +34,7 @@ class Run:
 
     @property
     def is_text(self) -> bool:
-        return self.config.model.family == "transformer"
+        return families.get(self.config.model.family).inputs == "tokens"
 
     def base(self) -> tuple[nn.Module, dict] | None:
         """The same weights with PEFT off (module without PEFT, no `peft` collection)."""
@@ -83,23 +84,20 @@ def load_run(workdir: str) -> Run:
     models, the latest checkpoint's statistics) over it, on one device."""
     config = read_config(workdir)
     with open(os.path.join(workdir, "results.json")) as f:
-        label_names = json.load(f)["label_names"]
+        results = json.load(f)
+    label_names = results["label_names"]
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    rules = sharding.rules_for(config.sharding)
-    init_rng, _ = jax.random.split(jax.random.key(config.seed))
-    model = models.create(config, len(label_names), mesh, rules, init_rng)
-    learnable = {k: v for k, v in model.variables.items() if k in TRAINABLE_COLLECTIONS}
-    labels = optim.trainable_labels(learnable, peft_lib.trainable_patterns(config.peft),
-                                    what="config.peft.trainable")
-    trainable, frozen = split(learnable, labels)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, trainable)
+    built = build.build(config, len(label_names), mesh=mesh,
+                        rules=sharding.rules_for(config.sharding),
+                        vocab_size=results.get("vocab_size"))  # a from-scratch vocabulary
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, built.state.trainable)
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(os.path.abspath(os.path.join(workdir, "trainable")), abstract)
-    state = {k: v for k, v in model.variables.items() if k not in TRAINABLE_COLLECTIONS}
+    state = built.state.model_state
     if state:
         state = _latest_model_state(workdir, state)
-    return Run(config, model.module, merge(restored, frozen, state), label_names,
-               model.pretrained_dir)
+    return Run(config, built.module, merge(restored, built.frozen, state), label_names,
+               built.model.pretrained_dir)
 
 
 def _latest_model_state(workdir: str, template: dict) -> dict:

@@ -22,7 +22,7 @@ from absl import logging
 from flax import traverse_util
 
 from lmx.hf import adapters, core
-from lmx.models.transformer import stack_layers
+from lmx.models.transformer import stack_layers, unstack_layers
 from lmx.peft import NO_PEFT
 
 FAMILIES = ("distilbert", "bert", "gpt2", "llama", "vit", "resnet")  # first owner wins
@@ -59,6 +59,16 @@ def task_of(family, hf_config: dict[str, Any], task: str | None) -> str:
         if architecture in by_class:
             return by_class[architecture]
     return "hidden"
+
+
+def module_from_config(path_or_id: str | pathlib.Path, task: str | None = None,
+                       num_labels: int | None = None, **config_overrides: Any) -> nn.Module:
+    """The lmx module a HF folder describes (its config.json only: no weights are read)."""
+    from lmx.hf import pretrained  # noqa: PLC0415
+    hf_config = core.read_config(pretrained.resolve_model_dir(str(path_or_id)))
+    family = family_of(hf_config)
+    return family.build(hf_config, task_of(family, hf_config, task), num_labels, None,
+                        **config_overrides)
 
 
 def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
@@ -165,6 +175,7 @@ def save_pretrained(module: nn.Module, variables: dict[str, Any],
     """Writes config.json + model.safetensors that `transformers.AutoModelFor...` loads.
 
     A model with unmerged LoRA weights is refused: merge them first (`lmx.hf.merge_lora`)."""
+    module, variables = _unrolled(module, variables)
     family = family_of_module(module)
     if variables.get("peft"):
         raise ValueError("variables carry a `peft` collection; save it with save_adapter, or "
@@ -187,5 +198,19 @@ def save_adapter(module: nn.Module, variables: dict[str, Any], out_dir: str | pa
     become PEFT `modules_to_save`) as a folder `peft.PeftModel.from_pretrained` loads; bottleneck
     adapters, which PEFT lacks, go in lmx's format (`lmx_adapter.json`), which
     `from_pretrained(..., adapter=DIR)` reads too. Pass only the trained params."""
+    module, variables = _unrolled(module, variables)
     return adapters.save(module, family_of_module(module), variables, pathlib.Path(out_dir),
                          base_model_name_or_path)
+
+
+def _unrolled(module: nn.Module, variables: dict) -> tuple[nn.Module, dict]:
+    """A scanned Transformer (`layers/block`, stacked) as its unrolled twin (`layer_N`): the
+    layout HF folders and PEFT adapters name."""
+    cfg = getattr(module, "cfg", None)
+    if not getattr(cfg, "scan_layers", False):
+        return module, variables
+    unrolled = module.clone(cfg=dataclasses.replace(cfg, scan_layers=False))
+    if module.peft.lora_targets or module.peft.ia3_targets:
+        from lmx.peft import unscanned_spec  # noqa: PLC0415
+        unrolled = unrolled.clone(peft=unscanned_spec(module.peft, cfg.num_layers))
+    return unrolled, unstack_layers(variables, cfg.num_layers)

@@ -64,12 +64,12 @@ def convert(args) -> None:
 
 
 def trained_parts(run) -> dict:
-    """The leaves the run trained (its `config.peft.trainable` patterns), as a nested dict."""
-    learnable = {k: v for k, v in run.variables.items() if k in ("params", peft_lib.PEFT)}
-    labels = optim.trainable_labels(learnable, peft_lib.trainable_patterns(run.config.peft),
-                                    what="config.peft.trainable")
+    """The leaves the run trained (its `config.peft.trainable` patterns, as the builder
+    resolved them), as a nested dict."""
+    from lmx.train import build  # noqa: PLC0415
+    labels = build.trainable_labels(run.config, run.variables)
     flat_labels = traverse_util.flatten_dict(labels)
-    flat = traverse_util.flatten_dict(learnable)
+    flat = traverse_util.flatten_dict(build.learnable(run.variables))
     return traverse_util.unflatten_dict({k: np.asarray(v) for k, v in flat.items()
                                          if flat_labels[k] == optim.TRAIN})
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from lmx.models import families
+
 from lmx.tasks import recsys
 from lmx.tasks.base import IGNORE, MASK_TOKENS, Datasets, Task, eval_token_batches, export_hf
 from lmx.tasks.classification import SequenceClassification
@@ -35,7 +37,8 @@ TASKS = {"sequence_classification": SequenceClassification,
 
 def get(config: ml_collections.ConfigDict):
     """The task object for `config.model.task` (ResNet: sequence classification of images)."""
-    task = "sequence_classification" if config.model.family == "resnet" else config.model.task
+    images = families.get(config.model.family).inputs == "images"
+    task = "sequence_classification" if images else config.model.task
     if task == "mlm" and config.data.kind == "movielens":
         return recsys.NextItem(config)
     return TASKS[task](config)

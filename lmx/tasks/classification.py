@@ -8,6 +8,7 @@ import numpy as np
 
 from lmx import metrics
 from lmx.data import examples as data, readers, sources
+from lmx.models import families
 from lmx.tasks.base import Datasets, Task, export_hf
 
 
@@ -98,9 +99,10 @@ class SequenceClassification(Task):
         return Datasets(train, validation, test, names, 0)
 
     def finish(self, trainer, workdir: str) -> dict:
-        """A fully trained ResNet is exported as a HF folder (WORKDIR/hf) that
+        """A fully trained image model (ResNet, ViT) is exported as a HF folder (WORKDIR/hf) that
         `config.model.pretrained` reads: the pre-training half of a transfer experiment."""
-        if self.config.model.family != "resnet" or self.config.peft.method != "full":
+        images = families.get(self.config.model.family).inputs == "images"
+        if not images or self.config.peft.method != "full":
             return {}
         return {"exported": export_hf(trainer, workdir, trainer.inference_variables(),
                                       ("params", "batch_stats"))}

@@ -1,7 +1,15 @@
-"""From config to a model and its variables: born sharded, pretrained weights laid over init."""
+"""The one builder: config -> module, variables born sharded (pretrained weights laid over
+init), the trainable / frozen split, the masked optimizer and the train state.
+
+`build` is what the loop, the AOT check, `lmx.explain`, `lmx.hf`'s export and the benchmark
+call; with `abstract=True` it returns shapes carrying their shardings instead of arrays (no
+weight is read or materialised), which is what an ahead-of-time compile for a topology this
+machine lacks needs. The family-specific parts come from `lmx.models.families`.
+"""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
@@ -10,12 +18,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from flax import traverse_util
 
 from lmx import peft as peft_lib
-from lmx.models import resnet, transformer
+from lmx.models import families
 from lmx.scale import sharding
+from lmx.train import optim
+from lmx.train.step import TRAINABLE_COLLECTIONS, TrainState, split, train_step
 
 # Top-level param names a pretrained checkpoint need not have (initialised fresh, logged):
 # the task head, and BERT's pooler (absent from checkpoints pre-trained without NSP).
@@ -25,67 +36,107 @@ NEW_FOR_TASK = ("head", "pooler")
 @dataclasses.dataclass
 class Model:
     module: nn.Module
-    variables: Any  # unboxed, sharded: {"params", "peft"?, "batch_stats"?}
+    variables: Any  # unboxed, sharded: {"params", "peft"?, "batch_stats"?} (or abstract)
     shardings: Any  # NamedShardings, same tree as variables
     abstract: Any  # shapes boxed with logical axis names (for deriving optimizer shardings)
     pretrained_dir: str = ""
 
 
-def _arch_config(config: ml_collections.ConfigDict, num_labels: int,
-                 vocab_size: int | None = None):
-    """The family config (and the HF folder / params when `model.pretrained` is set).
+@dataclasses.dataclass
+class Built:
+    """A model ready to train: what `build` returns.
 
-    `vocab_size`: a model trained from scratch takes its tokenizer's vocabulary."""
+    `state` holds what trains (+ optimizer state, step, rng, BatchNorm statistics); `frozen`
+    the rest of the learnable weights, never differentiated nor donated. A model that will
+    carry several named PEFT trees (`peft/<adapter>/...`) keeps this shape: the labels and
+    the split are computed over whatever collections `variables` has.
+    """
+    model: Model
+    mesh: Any
+    rules: Any
+    labels: Any  # optim.TRAIN / optim.FREEZE per learnable leaf
+    tx: optax.GradientTransformation
+    state: TrainState
+    state_shardings: TrainState
+    frozen: Any
+    total_steps: int
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model.module
+
+    def jit_train_step(self, out_shardings: bool = True):
+        """`step.train_step` jitted for this model: the state donated, frozen weights not."""
+        out = ((self.state_shardings, sharding.replicated(self.mesh)) if out_shardings
+               else None)
+        return jax.jit(functools.partial(train_step, model=self.module, tx=self.tx),
+                       out_shardings=out, donate_argnums=(0,))
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """`device_put` that also works with several processes (a jitted identity: host-local
+    uncommitted scalars such as the step and rng become global replicated arrays)."""
+    return jax.jit(lambda x: x, out_shardings=shardings)(tree)
+
+
+def with_sharding(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying their shardings; a dimension the mesh does not divide is an
+    error naming the parameter."""
+    def attach(path, x, s):
+        try:
+            s.shard_shape(x.shape)
+        except ValueError as e:
+            raise ValueError(f"{jax.tree_util.keystr(path)} {x.shape} cannot be split as "
+                             f"{s.spec} over mesh {dict(s.mesh.shape)}") from e
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    return jax.tree_util.tree_map_with_path(attach, tree, shardings)
+
+
+def architecture(config: ml_collections.ConfigDict, num_labels: int,
+                 vocab_size: int | None = None, load: bool = True):
+    """(family config, pretrained variables or None, pretrained folder or "").
+
+    `vocab_size`: a model trained from scratch takes its tokenizer's vocabulary. `load=False`
+    reads only a pretrained folder's config.json (the AOT check needs no weights)."""
     m = config.model
-    overrides = dict(dtype=m.dtype)
-    if m.family == "transformer":
-        overrides.update(dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
-                         use_pooler=m.pooling == "cls")
-        if m.pretrained:  # any family lmx.hf reads: BERT, RoBERTa, DistilBERT, GPT-2, Llama
-            import lmx.hf  # noqa: PLC0415  (safetensors only needed here)
-            from lmx.hf import pretrained  # noqa: PLC0415
-            model_dir = pretrained.resolve_model_dir(m.pretrained)
-            module, variables = lmx.hf.from_pretrained(
-                model_dir, task=m.task, num_labels=num_labels, fresh_heads=False, **overrides)
-            if not isinstance(module, transformer.Transformer):
-                raise ValueError(f"config.model.pretrained={m.pretrained!r} is a "
-                                 f"{type(module).__name__}, not a transformer")
-            if m.random_init:  # the same architecture and tokenizer, fresh weights
-                return module.cfg, None, str(model_dir)
-            return module.cfg, {"params": variables["params"]}, str(model_dir)
-        if vocab_size is not None:
-            overrides["vocab_size"] = vocab_size
-        return transformer.size(m.size, **overrides), None, ""
-    if m.family == "resnet":
-        if m.pretrained:  # a HF ResNetForImageClassification folder (e.g. an lmx export)
-            import lmx.hf  # noqa: PLC0415
-            from lmx.hf import pretrained  # noqa: PLC0415
-            model_dir = pretrained.resolve_model_dir(m.pretrained)
-            module, variables = lmx.hf.from_pretrained(
-                model_dir, task="image_classification", num_labels=num_labels,
-                fresh_heads=False, **overrides)
-            if not isinstance(module, resnet.ResNet):
-                raise ValueError(f"config.model.pretrained={m.pretrained!r} is a "
-                                 f"{type(module).__name__}, not a ResNet")
-            if m.random_init:
-                return module.cfg, None, str(model_dir)
-            return module.cfg, variables, str(model_dir)
-        return resnet.size(m.size, **overrides), None, ""
-    raise ValueError(f"config.model.family={m.family!r} is not 'transformer' or 'resnet'")
+    family = families.get(m.family)
+    if not m.pretrained:
+        return family.config(m, vocab_size), None, ""
+    import lmx.hf  # noqa: PLC0415  (safetensors only needed here)
+    from lmx.hf import pretrained  # noqa: PLC0415
+    model_dir = pretrained.resolve_model_dir(m.pretrained)
+    overrides = family.overrides(m)
+    overrides.pop("image_size", None)  # a pretrained ViT's geometry is the checkpoint's
+    task = family.hf_task or m.task
+    if not load or m.random_init:
+        module = lmx.hf.module_from_config(model_dir, task=task, num_labels=num_labels,
+                                           **overrides)
+        variables = None
+    else:
+        module, variables = lmx.hf.from_pretrained(model_dir, task=task, num_labels=num_labels,
+                                                   fresh_heads=False, **overrides)
+    if not isinstance(module, family.module_class):
+        raise ValueError(f"config.model.pretrained={m.pretrained!r} is a "
+                         f"{type(module).__name__}, not a {family.module_class.__name__} "
+                         f"(config.model.family={m.family!r})")
+    if variables is not None:  # weights and BatchNorm statistics; no task-specific extras
+        variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    return module.cfg, variables, str(model_dir)
 
 
-def _module(config, cfg, num_labels: int, spec: peft_lib.PeftSpec) -> nn.Module:
-    if config.model.family == "resnet":
-        return resnet.ResNet(cfg, num_labels=num_labels, peft=spec)
-    return transformer.Transformer(cfg, task=config.model.task, num_labels=num_labels,
-                                   pooling=config.model.pooling, peft=spec)
-
-
-def dummy_inputs(config: ml_collections.ConfigDict) -> tuple:
-    if config.model.family == "resnet":
-        size = config.model.image_size
-        return (jnp.zeros((1, size, size, 3), jnp.float32),)
-    return (jnp.zeros((1, 8), jnp.int32),)
+def peft_spec(config: ml_collections.ConfigDict, cfg, num_labels: int,
+              inputs: tuple) -> peft_lib.PeftSpec:
+    """`config.peft` resolved on the base model's parameter paths. Target patterns are written
+    for unrolled layers (`layer_N`); a scanned model shares one block, so they are resolved on
+    the unrolled paths and mapped onto `layers/block` (`peft.scanned_spec` refuses a choice
+    that differs between layers)."""
+    m, family = config.model, families.get(config.model.family)
+    scanned = getattr(cfg, "scan_layers", False)
+    unrolled = dataclasses.replace(cfg, scan_layers=False) if scanned else cfg
+    base = family.make(unrolled, m.task, num_labels, m.pooling, peft_lib.NO_PEFT)
+    base_shapes = jax.eval_shape(lambda: nn.unbox(base.init(jax.random.key(0), *inputs)))
+    spec = peft_lib.spec_from_config(config.peft, {"params": base_shapes["params"]})
+    return peft_lib.scanned_spec(spec, cfg.num_layers) if scanned else spec
 
 
 def _overlay(variables: dict, shardings: dict, loaded: dict, source: str) -> dict:
@@ -124,7 +175,7 @@ def _overlay_collection(variables: dict, shardings: dict, loaded: dict, source: 
 
 def _check_length(config: ml_collections.ConfigDict, cfg) -> None:
     """Learned position tables end at max_len: a longer (padded) batch would read past it."""
-    if config.model.family != "transformer" or cfg.positions != "learned":
+    if getattr(cfg, "positions", None) != "learned":
         return
     d = config.data
     padded = -(-d.max_length // d.pad_multiple) * d.pad_multiple
@@ -137,29 +188,79 @@ def _check_length(config: ml_collections.ConfigDict, cfg) -> None:
 
 
 def create(config: ml_collections.ConfigDict, num_labels: int, mesh, rules,
-           rng: jax.Array, vocab_size: int | None = None) -> Model:
-    """Builds the model named by `config.model` / `config.peft` with sharded variables."""
-    cfg, loaded, model_dir = _arch_config(config, num_labels, vocab_size)
+           rng: jax.Array, vocab_size: int | None = None, abstract: bool = False) -> Model:
+    """The model named by `config.model` / `config.peft` with sharded variables (abstract:
+    ShapeDtypeStructs with shardings, nothing read or materialised)."""
+    m, family = config.model, families.get(config.model.family)
+    cfg, loaded, model_dir = architecture(config, num_labels, vocab_size, load=not abstract)
     _check_length(config, cfg)
-    inputs = dummy_inputs(config)
-    base = _module(config, cfg, num_labels, peft_lib.NO_PEFT)
-    base_shapes = jax.eval_shape(lambda: nn.unbox(base.init(jax.random.key(0), *inputs)))
-    spec = peft_lib.spec_from_config(config.peft, {"params": base_shapes["params"]})
-    module = _module(config, cfg, num_labels, spec)
+    inputs = family.dummy_inputs(m.image_size)
+    spec = peft_spec(config, cfg, num_labels, inputs)
+    module = family.make(cfg, m.task, num_labels, m.pooling, spec)
 
     def init(key):
         return module.init({"params": key, "dropout": key}, *inputs)
 
-    abstract = jax.eval_shape(init, rng)
-    specs = nn.get_partition_spec(abstract)
-    shardings = sharding.logical_to_shardings(specs, mesh, rules)
+    boxed = jax.eval_shape(init, rng)
+    shardings = flax.core.unfreeze(
+        sharding.logical_to_shardings(nn.get_partition_spec(boxed), mesh, rules))
+    if abstract:
+        variables = with_sharding(flax.core.unfreeze(nn.unbox(boxed)), shardings)
+        return Model(module, variables, shardings, flax.core.unfreeze(boxed), model_dir)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         variables = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(rng)
     variables = flax.core.unfreeze(variables)
     if loaded is not None:
         variables = _overlay(variables, shardings, loaded, model_dir)
-    return Model(module, variables, flax.core.unfreeze(shardings), flax.core.unfreeze(abstract),
-                 model_dir)
+    return Model(module, variables, shardings, flax.core.unfreeze(boxed), model_dir)
+
+
+def learnable(variables: dict) -> dict:
+    return {k: v for k, v in variables.items() if k in TRAINABLE_COLLECTIONS}
+
+
+def trainable_labels(config: ml_collections.ConfigDict, variables: dict) -> Any:
+    """TRAIN / FREEZE for every learnable leaf, from `config.peft` (the method's defaults
+    see the variables: a tied-embedding causal LM has no head to train)."""
+    tree = learnable(variables)
+    return optim.trainable_labels(tree, peft_lib.trainable_patterns(config.peft, tree),
+                                  what="config.peft.trainable")
+
+
+def build(config: ml_collections.ConfigDict, num_labels: int, *, mesh, rules,
+          vocab_size: int | None = None, total_steps: int = 1000,
+          abstract: bool = False) -> Built:
+    """Model, trainable / frozen split, masked optimizer and train state for `config`.
+
+    The rng of `config.seed` is split into the init key and the state's dropout key.
+    """
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    model = create(config, num_labels, mesh, rules, init_rng, vocab_size, abstract)
+    labels = trainable_labels(config, model.variables)
+    tx = optim.make_optimizer(config.train, labels, total_steps)
+    opt_shardings = sharding.logical_to_shardings(
+        nn.get_partition_spec(jax.eval_shape(tx.init, learnable(model.abstract))), mesh, rules)
+    replicated = sharding.replicated(mesh)
+    model_state = {k: v for k, v in model.variables.items() if k not in TRAINABLE_COLLECTIONS}
+    state_shardings = TrainState(
+        step=replicated, trainable=split(learnable(model.shardings), labels)[0],
+        opt_state=opt_shardings,
+        model_state={k: v for k, v in model.shardings.items() if k not in TRAINABLE_COLLECTIONS},
+        rng=replicated)
+    trainable, frozen = split(learnable(model.variables), labels)
+    if abstract:
+        state = TrainState(
+            step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trainable=trainable,
+            opt_state=with_sharding(jax.eval_shape(tx.init, learnable(model.variables)),
+                                    opt_shardings),
+            model_state=model_state,
+            rng=jax.ShapeDtypeStruct((), train_rng.dtype, sharding=replicated))
+    else:
+        opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(learnable(model.variables))
+        state = place(TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                                 opt_state=opt_state, model_state=model_state, rng=train_rng),
+                      state_shardings)
+    return Built(model, mesh, rules, labels, tx, state, state_shardings, frozen, total_steps)
 
 
 def count(tree: Any) -> int:

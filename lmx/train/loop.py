@@ -8,34 +8,23 @@ import shutil
 import signal
 import threading
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from tqdm.auto import tqdm
 
-from lmx import config as config_lib, peft as peft_lib, report, tasks
+from lmx import config as config_lib, report, tasks
 from lmx.scale import distributed, sharding
-from lmx.train import build as models, checkpoint, optim
+from lmx.train import build, checkpoint
 from lmx.train.step import (
-    TRAINABLE_COLLECTIONS,
-    TrainState,
     eval_step,
     merge,
-    split,
-    train_step,
 )
-
-
-def place(tree: Any, shardings: Any) -> Any:
-    """`device_put` that also works with several processes (a jitted identity: host-local
-    uncommitted scalars such as the step and rng become global replicated arrays)."""
-    return jax.jit(lambda x: x, out_shardings=shardings)(tree)
 
 
 def _first(examples, config: ml_collections.ConfigDict, split: str):
@@ -56,10 +45,12 @@ def _first(examples, config: ml_collections.ConfigDict, split: str):
 class Trainer:
     """Holds the jitted steps and the pieces of one run; `fit` trains, `evaluate` scores."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None,
+                 validated: bool = False):
         self.config, self.workdir = config, workdir
         devices = jax.devices() if devices is None else devices
-        config_lib.validate(config, len(devices))  # before anything is built or compiled
+        if not validated:  # `run` validates before writing config.json
+            config_lib.validate(config, len(devices))
         self.mesh = sharding.make_mesh(config.mesh, devices)
         self.rules = sharding.rules_for(config.sharding)
         self.task = tasks.get(config)
@@ -69,49 +60,21 @@ class Trainer:
         self.datasets = dict(vars(loaded))
         for name in ("validation", "test"):
             self.datasets[name] = _first(self.datasets[name], config, name)
-        init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
         num_labels = len(loaded.label_names)
-        self.model = models.create(config, num_labels, self.mesh, self.rules, init_rng,
-                                   vocab_size=loaded.vocab_size)
-        variables = self.model.variables
-        learnable = {k: v for k, v in variables.items() if k in TRAINABLE_COLLECTIONS}
-        self.labels = optim.trainable_labels(
-            learnable, peft_lib.trainable_patterns(config.peft, learnable),
-            what="config.peft.trainable")
         self.steps_per_epoch = self.task.steps_per_epoch(loaded.train, config.train.batch_size)
         self.total_steps = (config.train.num_steps or
                             int(math.ceil(config.train.num_epochs * self.steps_per_epoch)))
-        self.tx = optim.make_optimizer(config.train, self.labels, self.total_steps)
-        trainable, self.frozen = split(learnable, self.labels)
-        model_state = {k: v for k, v in variables.items() if k not in TRAINABLE_COLLECTIONS}
-        self.state, self.state_shardings = self._init_state(trainable, model_state, train_rng)
-        self.train_step = jax.jit(
-            functools.partial(train_step, model=self.model.module, tx=self.tx),
-            out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-            donate_argnums=(0,))
+        self.built = build.build(config, num_labels, mesh=self.mesh, rules=self.rules,
+                                 vocab_size=loaded.vocab_size, total_steps=self.total_steps)
+        self.model, self.labels, self.tx = self.built.model, self.built.labels, self.built.tx
+        self.state, self.state_shardings = self.built.state, self.built.state_shardings
+        self.frozen = self.built.frozen
+        self.train_step = self.built.jit_train_step()
         # Replicated outputs: every process can read the whole batch's predictions.
         self.eval_step = jax.jit(functools.partial(eval_step, model=self.model.module,
                                                    outputs=self.task.outputs),
                                  out_shardings=sharding.replicated(self.mesh))
         self._base = None
-
-    def _init_state(self, trainable, model_state, rng) -> tuple[TrainState, TrainState]:
-        abstract = {k: v for k, v in self.model.abstract.items() if k in TRAINABLE_COLLECTIONS}
-        opt_specs = nn.get_partition_spec(jax.eval_shape(self.tx.init, abstract))
-        opt_shardings = sharding.logical_to_shardings(opt_specs, self.mesh, self.rules)
-        shardings = self.model.shardings
-        learnable_sh = {k: v for k, v in shardings.items() if k in TRAINABLE_COLLECTIONS}
-        replicated = sharding.replicated(self.mesh)
-        state_shardings = TrainState(
-            step=replicated, trainable=split(learnable_sh, self.labels)[0],
-            opt_state=opt_shardings,
-            model_state={k: v for k, v in shardings.items() if k not in TRAINABLE_COLLECTIONS},
-            rng=replicated)
-        full = {k: v for k, v in self.model.variables.items() if k in TRAINABLE_COLLECTIONS}
-        opt_state = jax.jit(self.tx.init, out_shardings=opt_shardings)(full)
-        state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
-                           opt_state=opt_state, model_state=model_state, rng=rng)
-        return place(state, state_shardings), state_shardings
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """A global batch (the same on every host) -> global arrays fed by each host's rows."""
@@ -152,7 +115,7 @@ class Trainer:
 
     def checkpoint_bytes(self) -> int:
         s = self.state
-        return models.nbytes(s.trainable) + models.nbytes(s.opt_state) + models.nbytes(
+        return build.nbytes(s.trainable) + build.nbytes(s.opt_state) + build.nbytes(
             s.model_state)
 
 
@@ -253,7 +216,7 @@ def check_free_space(trainer: Trainer, workdir: str) -> int:
     """Fails before training when the disk cannot hold the checkpoints; returns the estimate."""
     per_checkpoint = trainer.checkpoint_bytes()
     need = ((trainer.config.train.max_checkpoints + 1) * per_checkpoint
-            + models.nbytes(trainer.state.trainable) + (64 << 20))  # + logs, events, plots
+            + build.nbytes(trainer.state.trainable) + (64 << 20))  # + logs, events, plots
     free = shutil.disk_usage(workdir).free
     if free < need:
         raise OSError(f"workdir {workdir!r}: {free / 2**20:.1f} MiB free, the run needs about "
@@ -265,7 +228,7 @@ def check_free_space(trainer: Trainer, workdir: str) -> int:
 def _resume(trainer: Trainer, mgr: checkpoint.Manager) -> int:
     restored = checkpoint.restore(mgr, trainer.state, trainer.meta())
     if restored is not None:
-        trainer.state = place(restored, trainer.state_shardings)
+        trainer.state = build.place(restored, trainer.state_shardings)
         logging.warning("resumed from %s at step %d", mgr.directory, int(restored.step))
     return int(jax.device_get(trainer.state.step))
 
@@ -317,10 +280,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     SIGTERM saves a checkpoint and returns `{"preempted": True, "step": ...}`.
     """
     check_workdir(workdir)
-    config_lib.validate(config, jax.device_count())
+    config_lib.validate(config, jax.device_count())  # once, before anything is built
     if distributed.is_lead():
         report.write_json(workdir, "config.json", config.to_dict())
-    trainer = Trainer(config, workdir)
+    trainer = Trainer(config, workdir, validated=True)
     check_free_space(trainer, workdir)
     mgr = checkpoint.manager(workdir, config.train.max_checkpoints)
     start = _resume(trainer, mgr) if config.train.resume else 0
@@ -351,18 +314,19 @@ def _finish(trainer: Trainer, writer: report.MetricWriter, workdir: str, start: 
         ckptr.save(adapter_dir, trainer.state.trainable, force=True)
     adapter_bytes = sum(os.path.getsize(os.path.join(d, f))
                         for d, _, files in os.walk(adapter_dir) for f in files)
-    total_params = models.count(trainer.state.trainable) + models.count(trainer.frozen)
-    trainable_params = models.count(trainer.state.trainable)
+    total_params = build.count(trainer.state.trainable) + build.count(trainer.frozen)
+    trainable_params = build.count(trainer.state.trainable)
     trained_examples = (step - start) * trainer.config.train.batch_size
     results.update(
         total_params=total_params,
         trainable_params=trainable_params,
         trainable_percent=100.0 * trainable_params / total_params,
         adapter_bytes=adapter_bytes,
-        trainable_bytes_in_memory=models.nbytes(trainer.state.trainable),
+        trainable_bytes_in_memory=build.nbytes(trainer.state.trainable),
         train_seconds=train_seconds,
         examples_per_second=trained_examples / train_seconds if train_seconds else 0.0,
         label_names=trainer.datasets["label_names"],
+        vocab_size=trainer.datasets["vocab_size"],  # a from-scratch vocabulary, to rebuild the run
         data={f"{split}_examples": len(trainer.datasets[split])  # what the scores are over
               for split in ("train", "validation", "test") if trainer.datasets[split] is not None},
         task=trainer.config.model.task,

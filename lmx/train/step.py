@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from lmx.models import families
 from lmx.train import optim
 
 TRAINABLE_COLLECTIONS = ("params", "peft")
@@ -47,17 +48,10 @@ def merge(*trees: Any) -> dict:
 
 
 def forward(model: nn.Module, variables: Any, batch: dict, *, train: bool, rng=None):
-    """Logits and updated mutable collections for a Transformer or ResNet batch."""
+    """Logits and updated mutable collections (BatchNorm statistics) for a batch, fed to the
+    model the way its family (`lmx.models.families`) takes inputs."""
     rngs = {"dropout": rng} if train and rng is not None else {}
-    if "images" in batch:
-        if train:
-            logits, updates = model.apply(variables, batch["images"], train=True,
-                                          mutable=["batch_stats"], rngs=rngs)
-            return logits, updates
-        return model.apply(variables, batch["images"], train=False), {}
-    logits = model.apply(variables, batch["ids"], batch["mask"], batch["token_types"],
-                         deterministic=not train, rngs=rngs, targets_BM=batch.get("targets"))
-    return logits, {}
+    return families.of_module(model).forward(model, variables, batch, train, rngs)
 
 
 def classification_loss(logits_BxL: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
