@@ -1,12 +1,16 @@
 """What a run leaves in its workdir (metrics.jsonl, TensorBoard events, a curve PNG, results.json)
-and the results table across runs: `python -m lmx.report RUN_DIR [RUN_DIR...] [--out FILE.md]`."""
+and the results table across runs: `python -m lmx.report --workdir RUN [--workdir RUN ...]
+[--out FILE.md]`."""
 from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
+from absl import app, flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -91,7 +95,7 @@ def hardware() -> str:
     return f"{os.cpu_count()}-core {model} CPU"
 
 
-# The results table: `python -m lmx.report RUN_DIR [RUN_DIR...] [--out FILE.md]`.
+# The results table: `python -m lmx.report --workdir RUN [--workdir RUN ...] [--out FILE.md]`.
 TABLE_COLUMNS = ("task", "method", "trainable %", "metric", "adapter bytes", "wall time",
                  "hardware")
 
@@ -176,26 +180,39 @@ def markdown_table(run_dirs: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-    parser = argparse.ArgumentParser(
-        prog="python -m lmx.report",
-        description="One markdown results table from run folders (results.json + config.json).")
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument("--out", help="also write the table to this file (e.g. results.md)")
-    args = parser.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
+    """The CLI's flags, defined on absl's FLAGS only when lmx.report runs as `__main__`."""
+    flags.DEFINE_multi_string("workdir", None, "A finished run's folder (repeatable: one row "
+                              "each, in order).", flag_values=flag_values)
+    flags.DEFINE_string("out", None, "Also write the table to this file (e.g. results.md).",
+                        flag_values=flag_values)
+    flags.mark_flag_as_required("workdir", flag_values=flag_values)
+    return flag_values
+
+
+def run_cli(argv: Sequence[str], flag_values: flags.FlagValues) -> int:
+    """Prints (and with --out writes) the table; argv is what absl leaves: [program]."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {list(argv[1:])}: name each run folder "
+                             "with --workdir")
     try:
-        table = markdown_table(args.run_dirs)
+        table = markdown_table(flag_values.workdir)
     except (OSError, ValueError) as e:
         print(f"lmx.report: error: {e}", file=sys.stderr)
         return 1
     sys.stdout.write(table)
-    if args.out:
-        with open(args.out, "w") as f:
+    if flag_values.out:
+        with open(flag_values.out, "w") as f:
             f.write(table)
     return 0
 
 
+def main(argv: Sequence[str]) -> int:
+    """`python -m lmx.report ARGV...` in-process, its flags on a private FlagValues."""
+    flag_values = define_flags(flags.FlagValues())
+    return run_cli(flag_values(["lmx.report", *argv]), flag_values)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    define_flags(flags.FLAGS)
+    app.run(lambda argv: run_cli(argv, flags.FLAGS))

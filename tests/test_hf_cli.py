@@ -5,8 +5,10 @@ import os
 
 import numpy as np
 import peft
+import pytest
 import torch
 import transformers
+from absl import app, flags
 from test_hf_models import hf_outputs
 
 from lmx.explain.run import load_run
@@ -51,22 +53,34 @@ def test_export_adapter_from_a_run_loads_in_peft(tmp_path):
     run = _run(tmp_path, "lora")
     b = run.variables["peft"]["layer_0"]["attention"]["query"]["lora_b"]
     assert np.abs(b).max() > 0  # trained
-    main(["export-adapter", str(tmp_path / "run"), str(tmp_path / "adapter")])
+    main(["export-adapter", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "adapter")])
     batch = _batch()
     expected = np.asarray(run.module.apply(run.variables, *batch))
     base = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "base")
     hf_model = peft.PeftModel.from_pretrained(base.eval(), tmp_path / "adapter").eval()
     assert np.abs(hf_outputs(hf_model, "sequence_classification", *batch) - expected).max() <= 1e-5
 
-    main(["export-adapter", str(tmp_path / "run"), str(tmp_path / "merged"), "--merge"])
+    main(["export-adapter", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "merged"),
+          "--merge"])
     merged = transformers.AutoModelForSequenceClassification.from_pretrained(
         tmp_path / "merged").eval()
     assert np.abs(hf_outputs(merged, "sequence_classification", *batch) - expected).max() <= 1e-5
 
     # convert: HF base + that adapter -> one merged HF folder with the same outputs
-    main(["convert", str(tmp_path / "base"), str(tmp_path / "converted"),
+    main(["convert", "--src", str(tmp_path / "base"), "--out", str(tmp_path / "converted"),
           "--adapter", str(tmp_path / "adapter"), "--merge"])
     converted = transformers.AutoModelForSequenceClassification.from_pretrained(
         tmp_path / "converted").eval()
     assert np.abs(hf_outputs(converted, "sequence_classification", *batch)
                   - expected).max() <= 1e-5
+
+
+def test_each_command_needs_its_flags_and_refuses_the_others():
+    with pytest.raises(app.UsageError, match="export-adapter: needs --workdir; does not take "
+                                             "--src, --task"):
+        main(["export-adapter", "--src", "x", "--out", "y", "--task", "mlm"])
+    with pytest.raises(app.UsageError, match="convert: needs --src, --out$"):
+        main(["convert", "--merge"])
+    with pytest.raises(app.UsageError, match="convert or export-adapter"):
+        main(["export", "--workdir", "x", "--out", "y"])
+    assert "lmx.hf.__main__" not in flags.FLAGS.flags_by_module_dict()  # import defines none

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from absl import app, flags
 
 from lmx import report
 
@@ -66,7 +67,7 @@ def test_human_units():
 
 def test_cli_writes_the_table(runs, tmp_path):
     out = tmp_path / "results.md"
-    assert report.main([*runs, "--out", str(out)]) == 0
+    assert report.main([*(f"--workdir={r}" for r in runs), "--out", str(out)]) == 0
     assert out.read_text() == report.markdown_table(list(runs))
 
 
@@ -76,14 +77,14 @@ def test_missing_results_is_an_error_naming_the_folder(runs, tmp_path, capsys):
     (empty / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="not_finished.*results.json"):
         report.markdown_table([runs[0], str(empty)])
-    assert report.main([runs[0], str(empty)]) != 0
+    assert report.main(["--workdir", runs[0], "--workdir", str(empty)]) != 0
     err = capsys.readouterr().err
     assert "not_finished" in err and "results.json" in err
 
 
 def test_module_entry_point_fails_on_missing_run(tmp_path):
     missing = str(tmp_path / "nowhere")
-    proc = subprocess.run([sys.executable, "-m", "lmx.report", missing], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "lmx.report", "--workdir", missing], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "nowhere" in proc.stderr and not proc.stdout
@@ -99,3 +100,9 @@ def test_hardware_is_a_short_description():
     text = report.hardware()
     assert text.endswith("CPU") and "-core " in text  # the tests run on CPU
     assert text.split("-core")[0] == str(os.cpu_count())
+
+
+def test_run_folders_are_named_with_workdir_and_define_no_global_flag(runs):
+    with pytest.raises(app.UsageError, match="--workdir"):
+        report.main(["--workdir", runs[0], runs[1]])  # a second folder without its flag
+    assert "lmx.report" not in flags.FLAGS.flags_by_module_dict()  # import defines no flag

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from absl import app, flags
 
 from lmx.data import tokenizer as tokenizer_cli
 from lmx.hf.tokenizer import load_tokenizer
@@ -35,7 +36,7 @@ def test_cli_trains_a_model_that_loads_and_round_trips(corpus, tmp_path):
     second = tmp_path / "b.txt"
     second.write_text("Whither goest thou, fair Citizen?\n")
     out = tmp_path / "tok"
-    result = _cli("train", "--input", corpus, "--input", str(second), "--vocab-size", "400",
+    result = _cli("train", "--input", corpus, "--input", str(second), "--vocab_size", "400",
                   "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "training a unigram sentencepiece model, vocab 400, on 2 file(s)" in result.stdout
@@ -67,14 +68,25 @@ def test_other_model_types_round_trip(corpus, tmp_path, model_type):
 def test_errors_name_the_flag(corpus, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text(" \n\n")
-    result = _cli("train", "--input", str(empty), "--vocab-size", "400", "--out", str(tmp_path))
+    result = _cli("train", "--input", str(empty), "--vocab_size", "400", "--out", str(tmp_path))
     assert result.returncode == 2 and "--input" in result.stderr and "empty" in result.stderr
-    with pytest.raises(ValueError, match=r"--vocab-size 100000 is too large .* at most \d+"):
+    with pytest.raises(ValueError, match=r"--vocab_size 100000 is too large .* at most \d+"):
         tokenizer_cli.train([corpus], 100000, str(tmp_path / "big"), log=lambda m: None)
-    with pytest.raises(ValueError, match=r"--vocab-size 280 is too small: .* needing 3\d\d"):
+    with pytest.raises(ValueError, match=r"--vocab_size 280 is too small: .* needing 3\d\d"):
         tokenizer_cli.train([corpus], 280, str(tmp_path / "chars"), "bpe", log=lambda m: None)
-    with pytest.raises(ValueError, match=r"--vocab-size 50 is too small"):
+    with pytest.raises(ValueError, match=r"--vocab_size 50 is too small"):
         tokenizer_cli.train([corpus], 50, str(tmp_path / "small"), log=lambda m: None)
     with pytest.raises(ValueError, match=r"--input .*missing.txt: no such file"):
         tokenizer_cli.train([str(tmp_path / "missing.txt")], 300, str(tmp_path / "m"),
                             log=lambda m: None)
+
+
+def test_flags_reach_train_in_process_and_define_no_global_flag(corpus, tmp_path, capsys):
+    args = ["--input", corpus, "--vocab_size", "5", "--out", str(tmp_path / "t")]
+    assert tokenizer_cli.main(["train", *args]) == 2
+    assert "256 byte pieces need >= 262" in capsys.readouterr().err
+    assert tokenizer_cli.main(["train", *args, "--nobyte_fallback"]) == 2
+    assert "special tokens need >= 6" in capsys.readouterr().err  # byte_fallback=False
+    with pytest.raises(app.UsageError, match="train"):
+        tokenizer_cli.main(["fit", *args])
+    assert "lmx.data.tokenizer" not in flags.FLAGS.flags_by_module_dict()

@@ -1,6 +1,6 @@
 """Train a sentencepiece tokenizer for models trained from scratch.
 
-    python -m lmx.data.tokenizer train --input corpus.txt --vocab-size 8000 --out DIR [--model-type unigram]
+    python -m lmx.data.tokenizer train --input corpus.txt --vocab_size 8000 --out DIR [--model_type unigram]
 
 DIR gets `tokenizer.model` and a Llama-style `tokenizer_config.json`, which
 `lmx.hf.tokenizer.load_tokenizer(DIR)` reads (and transformers' LlamaTokenizer would). The model
@@ -10,13 +10,14 @@ default) makes every text round-trip. Specials: <unk> 0, <s> 1, </s> 2, <pad> 3,
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import sys
 import time
 from typing import Sequence
+
+from absl import app, flags
 
 SPECIALS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
             "mask_token": "<mask>"}
@@ -42,10 +43,10 @@ def train(inputs: Sequence[str], vocab_size: int, out: str, model_type: str = "u
     import sentencepiece as spm
 
     if model_type not in ("unigram", "bpe", "char"):
-        raise ValueError(f"--model-type {model_type!r}: expected unigram, bpe or char")
+        raise ValueError(f"--model_type {model_type!r}: expected unigram, bpe or char")
     minimum = len(SPECIALS) + (256 if byte_fallback else 0) + 1
     if vocab_size < minimum:
-        raise ValueError(f"--vocab-size {vocab_size} is too small: the {len(SPECIALS)} special "
+        raise ValueError(f"--vocab_size {vocab_size} is too small: the {len(SPECIALS)} special "
                          f"tokens{' and 256 byte pieces' if byte_fallback else ''} need "
                          f">= {minimum}")
     size = _check_inputs(inputs)
@@ -66,11 +67,11 @@ def train(inputs: Sequence[str], vocab_size: int, out: str, model_type: str = "u
         found = re.search(r"ocabulary size (?:is )?too high \((\d+)\)\. Please set it to a "
                           r"value <= (\d+)", str(e))
         if found:
-            raise ValueError(f"--vocab-size {vocab_size} is too large for this corpus: at most "
+            raise ValueError(f"--vocab_size {vocab_size} is too large for this corpus: at most "
                              f"{found.group(2)}") from None
         found = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
         if found:
-            raise ValueError(f"--vocab-size {vocab_size} is too small: this corpus has "
+            raise ValueError(f"--vocab_size {vocab_size} is too small: this corpus has "
                              f"characters and specials needing {found.group(2)}") from None
         raise
     os.remove(os.path.join(out, "tokenizer.vocab"))
@@ -85,29 +86,37 @@ def train(inputs: Sequence[str], vocab_size: int, out: str, model_type: str = "u
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmx.data.tokenizer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("train", help="train a sentencepiece model on text files")
-    p.add_argument("--input", action="append", required=True, help="a text file (repeatable)")
-    p.add_argument("--vocab-size", type=int, required=True)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "char"])
-    p.add_argument("--no-byte-fallback", action="store_true",
-                   help="unknown characters become <unk> instead of byte pieces")
-    args = parser.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
+    """The CLI's flags, defined on absl's FLAGS only when this module runs as `__main__`."""
+    flags.DEFINE_multi_string("input", None, "A text file (repeatable).", flag_values=flag_values)
+    flags.DEFINE_integer("vocab_size", None, "Pieces in the model.", flag_values=flag_values)
+    flags.DEFINE_string("out", None, "Output folder.", flag_values=flag_values)
+    flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe", "char"],
+                      "Sentencepiece model type.", flag_values=flag_values)
+    flags.DEFINE_bool("byte_fallback", True, "Unknown characters become byte pieces "
+                      "(--nobyte_fallback: <unk>).", flag_values=flag_values)
+    flags.mark_flags_as_required(["input", "vocab_size", "out"], flag_values=flag_values)
+    return flag_values
+
+
+def run_cli(argv: Sequence[str], flag_values: flags.FlagValues) -> int:
+    """`train` (the one command); argv is what absl leaves: [program, command]."""
+    if list(argv[1:]) != ["train"]:
+        raise app.UsageError(f"expected the command `train`, got {list(argv[1:])}")
     try:
-        train(args.input, args.vocab_size, args.out, args.model_type,
-              byte_fallback=not args.no_byte_fallback, log=lambda m: print(m, flush=True))
+        train(flag_values.input, flag_values.vocab_size, flag_values.out,
+              flag_values.model_type, byte_fallback=flag_values.byte_fallback,
+              log=lambda m: print(m, flush=True))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Sequence[str]) -> int:
+    """`python -m lmx.data.tokenizer ARGV...` in-process, its flags on a private FlagValues."""
+    flag_values = define_flags(flags.FlagValues())
+    return run_cli(flag_values(["lmx.data.tokenizer", *argv]), flag_values)
 
 
 class CharTokenizer:
@@ -162,3 +171,8 @@ class CharTokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return "".join(self.chars[i - 1] for i in (int(x) for x in ids) if i > 0)
+
+
+if __name__ == "__main__":
+    define_flags(flags.FLAGS)
+    app.run(lambda argv: run_cli(argv, flags.FLAGS))

@@ -1,4 +1,4 @@
-"""CLI: `python -m lmx.explain --workdir RUN (--text "..." | --input-file F | --image F)`.
+"""CLI: `python -m lmx.explain --workdir RUN (--text "..." | --input_file F | --image F)`.
 
 Writes RUN/explain/ (or --out): index.html (self-contained), PNGs, summary.json.
 A run without a tokenizer (synthetic data) reads each text as space-separated token ids.

@@ -1,21 +1,22 @@
 """Conversions between HuggingFace folders, PEFT adapters and lmx runs.
 
-  python -m lmx.hf convert SRC DST [--task T] [--num-labels N] [--adapter DIR [--merge]]
+  python -m lmx.hf convert --src SRC --out DST [--task T] [--num_labels N] [--adapter DIR [--merge]]
       a HF folder / hub id (+ PEFT or lmx adapter) -> a HF folder written by lmx
       (with --merge, LoRA folded into the weights; else the adapter beside it in DST/adapter)
-  python -m lmx.hf export-adapter WORKDIR DST [--merge]
+  python -m lmx.hf export-adapter --workdir RUN --out DST [--merge]
       an lmx training run -> a PEFT adapter folder (or, with --merge, a full HF model)
 
 DST also receives the source's tokenizer files, so it is a complete folder.
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import shutil
-import sys
+import types
+from collections.abc import Sequence
 
 import numpy as np
+from absl import app, flags
 from flax import traverse_util
 
 import lmx.hf
@@ -90,24 +91,50 @@ def export_adapter(args) -> None:
     print(f"wrote {dst} from {args.workdir} (tokenizer files: {copied or 'none'})")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lmx.hf", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    c = commands.add_parser("convert", help="HF folder (+ adapter) -> HF folder")
-    c.add_argument("src")
-    c.add_argument("dst")
-    c.add_argument("--task", default=None)
-    c.add_argument("--num-labels", type=int, default=None)
-    c.add_argument("--adapter", default=None)
-    c.add_argument("--merge", action="store_true")
-    e = commands.add_parser("export-adapter", help="lmx run -> PEFT adapter (or merged model)")
-    e.add_argument("workdir")
-    e.add_argument("dst")
-    e.add_argument("--merge", action="store_true")
-    args = parser.parse_args(argv)
-    {"convert": convert, "export-adapter": export_adapter}[args.command](args)
+# command -> (function, flags it needs, flags it may take); any other flag given is refused.
+COMMANDS = {"convert": (convert, ("src", "out"), ("task", "num_labels", "adapter", "merge")),
+            "export-adapter": (export_adapter, ("workdir", "out"), ("merge",))}
+FLAG_NAMES = ("src", "workdir", "out", "task", "num_labels", "adapter", "merge")
+
+
+def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
+    """The CLI's flags, defined on absl's FLAGS only when lmx.hf runs as `__main__`."""
+    for name, help_text in (("src", "convert: a HF folder or hub id."),
+                            ("workdir", "export-adapter: an lmx training run's folder."),
+                            ("out", "The folder to write (DST)."),
+                            ("task", "convert: the lmx task; default from `architectures`."),
+                            ("adapter", "convert: a PEFT adapter folder to load.")):
+        flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
+    flags.DEFINE_integer("num_labels", None, "convert: classification labels; default from "
+                         "the config's id2label.", flag_values=flag_values)
+    flags.DEFINE_bool("merge", False, "Fold LoRA into the weights: one full HF model.",
+                      flag_values=flag_values)
+    return flag_values
+
+
+def run_cli(argv: Sequence[str], flag_values: flags.FlagValues) -> None:
+    """Runs the command; argv is what absl leaves: [program, command]."""
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"expected one command, {' or '.join(COMMANDS)}; "
+                             f"got {list(argv[1:])}")
+    function, needed, optional = COMMANDS[argv[1]]
+    missing = [f"--{n}" for n in needed if flag_values[n].value is None]
+    unused = [f"--{n}" for n in FLAG_NAMES
+              if flag_values[n].present and n not in needed + optional]
+    if missing or unused:
+        raise app.UsageError(f"{argv[1]}: " + "; ".join(
+            ([f"needs {', '.join(missing)}"] if missing else [])
+            + ([f"does not take {', '.join(unused)}"] if unused else [])))
+    values = {n: flag_values[n].value for n in FLAG_NAMES}
+    function(types.SimpleNamespace(dst=values.pop("out"), **values))
+
+
+def main(argv: Sequence[str]) -> None:
+    """`python -m lmx.hf ARGV...` in-process, its flags on a private FlagValues."""
+    flag_values = define_flags(flags.FlagValues())
+    run_cli(flag_values(["lmx.hf", *argv]), flag_values)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    define_flags(flags.FLAGS)
+    app.run(lambda argv: run_cli(argv, flags.FLAGS))
