@@ -267,7 +267,8 @@ def test_launcher_end_to_end(tiny_bert, tmp_path):
     ("peft.method", "houlsby", "method='houlsby'"), ("prompt.head", "lm", "head='lm'"),
     ("prompt.shots", (0, -1), "shots"), ("prompt.seeds", (), "seeds"),
     ("train.num_steps", 5, "whole epochs"), ("train.num_epochs", 2.5, "whole epochs"),
-    ("data.validation_file", "", "validation_file is empty")])
+    ("data.validation_file", "", "validation_file is empty"),
+    ("prompt.verbalizer_candidates", ("great/terrible,good/bad",), "neither")])
 def test_run_rejects_bad_settings_before_loading(tmp_path, key, value, error):
     train, dev = _rows_files(tmp_path)
     config = _cloze_config()

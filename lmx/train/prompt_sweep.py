@@ -168,6 +168,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     WORKDIR/config.json and WORKDIR/results.json."""
     started = time.perf_counter()
     config_lib.validate(config, 1)  # settings first: nothing is loaded for a bad one
+    for spec in (config.prompt.verbalizer, *config.prompt.verbalizer_candidates):
+        prompting.parse_verbalizer(spec)
     os.makedirs(workdir, exist_ok=True)
     report.write_json(workdir, "config.json", config.to_dict())
     model, (eval_texts, eval_labels), (train_texts, train_labels) = _load(config)
