@@ -111,6 +111,21 @@ def base_config() -> ml_collections.ConfigDict:
         baseline="pad",  # IG / occlusion reference: "zero" | "pad" | "mask"
     ))
 
+    # model.task "cloze" (lmx.train.prompt_sweep): one launch scores zero-shot, calibrated and
+    # k-shot x seeds; it reads data.train_file / validation_file / text_column / label_column /
+    # max_eval_examples / pad_multiple, train.* (num_epochs whole, num_steps 0), peft "lora" |
+    # "full". Other tasks refuse any change here.
+    c.prompt = ml_collections.ConfigDict(dict(
+        template="{sentence} It was [MASK].",  # "{sentence}" and "[MASK]" once each
+        verbalizer="great/terrible",  # a key of prompting.SENTIMENT_VERBALIZERS or a JSON object
+        verbalizer_candidates=(),  # () = use `verbalizer`; else the best on select_examples
+        select_examples=200,  # train sentences (seed 0) the candidates are scored on
+        content_free=("N/A", "", "[MASK]"),  # contextual calibration inputs
+        shots=(0, 16, 32),  # examples per class; 0 = zero-shot (no training)
+        seeds=(0, 1, 2),  # one few-shot run per seed and shots > 0
+        head="auto",  # "auto" (the checkpoint's MLM head if any) | "mlm" | "tied" (embeddings)
+    ))
+
     # Mesh axes (name, size); -1 = the rest of the devices.
     c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
     c.sharding = "data_parallel"  # a key of sharding.RULE_PRESETS
@@ -122,7 +137,8 @@ CHOICES = {
     "model.family": tuple(families.FAMILIES),
     "model.remat": ("none", "full", "dots"),
     "model.pooling": ("cls", "mean", "last"),
-    "model.task": ("sequence_classification", "token_classification", "mlm", "causal_lm"),
+    "model.task": ("sequence_classification", "token_classification", "mlm", "causal_lm",
+                   "cloze"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.kind": ("csv_classification", "phrasebank", "clinc150", "conll", "text", "movielens",
                   "images", "digits", "synthetic"),
@@ -311,11 +327,39 @@ def _mesh_errors(flat: dict, num_devices: int) -> list[str]:
             for k in ("batch_size", "eval_batch_size") if flat["train." + k] % ways]
 
 
+def _prompt_errors(flat: dict) -> list[str]:
+    """config.prompt.* : used by model.task "cloze" only, which reads a CSV / TSV pair."""
+    if flat["model.task"] != "cloze":
+        defaults = _flat(base_config().prompt, "prompt.")
+        return [f"config.{k}={flat[k]!r} applies to model.task 'cloze' only"
+                for k, v in defaults.items() if flat[k] != v]
+    errors = [f"config.prompt.template={flat['prompt.template']!r} must contain {p!r} "
+              f"exactly once" for p in ("{sentence}", "[MASK]")
+              if flat["prompt.template"].count(p) != 1]
+    wanted = {"prompt.head": ("auto", "mlm", "tied"), "peft.method": ("lora", "full"),
+              "data.kind": ("csv_classification",), "model.family": ("transformer",)}
+    errors += [f"config.{k}={flat[k]!r}: model.task 'cloze' takes one of {list(v)}"
+               for k, v in wanted.items() if flat[k] not in v]
+    if not flat["prompt.seeds"] or any(k < 0 for k in flat["prompt.shots"]):
+        errors.append(f"config.prompt.shots={flat['prompt.shots']!r} must be >= 0 and "
+                      f"config.prompt.seeds={flat['prompt.seeds']!r} non-empty")
+    if flat["prompt.select_examples"] <= 0:
+        errors.append(f"config.prompt.select_examples={flat['prompt.select_examples']!r} "
+                      "must be > 0")
+    if flat["train.num_steps"] or flat["train.num_epochs"] != int(flat["train.num_epochs"]):
+        errors.append("model.task 'cloze' trains whole epochs: config.train.num_steps must be 0 "
+                      "and config.train.num_epochs a whole number")
+    for key in ("model.pretrained", "data.validation_file"):
+        if not flat[key]:
+            errors.append(f"config.{key} is empty: model.task 'cloze' needs it")
+    return errors
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises one ValueError listing every bad key (unknown, wrong type, bad value, bad mesh)."""
     flat = _flat(config)
     errors = _schema_errors(flat)
     if not errors:  # values are only meaningful once the types are right
-        errors = _value_errors(flat) + _mesh_errors(flat, num_devices)
+        errors = _value_errors(flat) + _mesh_errors(flat, num_devices) + _prompt_errors(flat)
     if errors:
         raise ValueError("invalid config:\n  " + "\n  ".join(errors))

@@ -26,6 +26,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     # Before anything touches a device.
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if _CONFIG.value.model.task == "cloze":  # the prompt-learning sweep (one device)
+        from lmx.tasks import prompting  # noqa: PLC0415
+        from lmx.train import prompt_sweep  # noqa: PLC0415
+        print(prompting.format_table(prompt_sweep.run(_CONFIG.value, _WORKDIR.value)))
+        return
     from lmx.train import loop  # noqa: PLC0415
     results = loop.run(_CONFIG.value, _WORKDIR.value)
     summary = {k: results[k] for k in ("preempted", "step", "validation", "test",

@@ -1,7 +1,13 @@
-"""lmx.tasks.prompting: cloze scores against transformers on a tiny random BERT, calibration,
-the few-shot loop, templates and verbalizers, and the CLI end to end on hand-written rows."""
+"""Prompt learning (model.task "cloze"): lmx.tasks.prompting's cloze scores against
+transformers on a tiny random BERT, calibration, templates and verbalizers;
+lmx.train.prompt_sweep's few-shot loop; config.prompt validation; and `python -m lmx.main`
+end to end on hand-written rows."""
+import importlib.util
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -9,7 +15,9 @@ import pytest
 import torch
 import transformers
 
+from lmx import config as config_lib
 from lmx.tasks import prompting
+from lmx.train import prompt_sweep
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -168,45 +176,77 @@ def test_sample_shots_is_per_class_and_seeded():
         prompting.sample_shots(labels, 6, 0, 2)
 
 
+def _experiment(arg=""):
+    path = ROOT / "experiments" / "prompt_sst2.py"
+    spec = importlib.util.spec_from_file_location("prompt_sst2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _cloze_config(**train):
+    config = config_lib.base_config()
+    config.model.task = "cloze"
+    config.train.update(train)
+    return config
+
+
 @pytest.mark.parametrize("method,learning_rate,batch_size,epochs",
                          [("lora", 5e-2, 8, 15), ("full", 3e-3, 4, 20)])
 def test_few_shot_training_reduces_the_loss(tiny_bert, method, learning_rate, batch_size,
                                             epochs):
     _, mlm_dir, _ = tiny_bert
-    model = prompting.load(str(mlm_dir))
-    config = prompting.default_config()
-    config.update(dict(method=method, epochs=epochs, batch_size=batch_size,
-                       learning_rate=learning_rate, warmup_fraction=0.0, weight_decay=0.0))
+    model = prompting.load(str(mlm_dir))  # the HF config's dropout (0.0)
+    config = _cloze_config(num_epochs=float(epochs), batch_size=batch_size,
+                           learning_rate=learning_rate, warmup_fraction=0.0, weight_decay=0.0)
+    config.peft.method = method
     ids_CW, weights_CW = prompting.verbalizer_ids(model.tokenizer,
                                                   {"0": ["terrible"], "1": ["great"]}, ["0", "1"])
     labels = np.array([int(y) for _, y in ROWS], np.int32)
     before = jax.device_get(model.variables)
-    trained, losses = prompting.train_few_shot(model, SENTENCES, labels, config, ids_CW,
-                                               weights_CW, seed=0)
+    trained, losses = prompt_sweep.train_few_shot(model, SENTENCES, labels, config, ids_CW,
+                                                  weights_CW, seed=0)
     assert len(losses) == epochs and losses[-1] < 0.5 * losses[0], losses
-    config.eval_batch_size = 8
+    config.train.eval_batch_size = 8
     accuracy = lambda m: prompting.evaluate(m, SENTENCES, labels, ids_CW, weights_CW,
                                             config)["accuracy_raw"]
     assert accuracy(trained) >= 0.875 and accuracy(trained) > accuracy(model)  # the base: 0.5
     after = jax.device_get(trained.variables["params"])
     changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b),
                                            before["params"], after))
+    # The loaded model is untouched (the step donates only its own copy of what trains).
+    np.testing.assert_array_equal(jax.device_get(model.variables)["params"]["head"]["bias"],
+                                  before["params"]["head"]["bias"])
     if method == "lora":  # frozen base (MLM head included) bit-identical; LoRA learned
         assert not any(changed)
         assert "peft" in trained.variables and trained.encoder.peft.lora_rank == 8
     else:
         assert any(changed)
+        assert not np.array_equal(after["head"]["bias"], before["params"]["head"]["bias"])
 
 
-def test_cli_end_to_end(tiny_bert, tmp_path, capsys):
-    _, mlm_dir, _ = tiny_bert
-    train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
+def _rows_files(folder):
+    train, dev = folder / "train.tsv", folder / "dev.tsv"
     for path in (train, dev):
         path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in ROWS))
+    return train, dev
+
+
+def test_launcher_end_to_end(tiny_bert, tmp_path):
+    """`python -m lmx.main` on experiments/prompt_sst2.py with flag overrides: one launch runs
+    selection, zero-shot and k-shot x seeds into one results.json."""
+    _, mlm_dir, _ = tiny_bert
+    train, dev = _rows_files(tmp_path)
     out = tmp_path / "out"
-    prompting.main(["--model", str(mlm_dir), "--train_file", str(train), "--eval_file",
-                    str(dev), "--shots", "0,2", "--seeds", "0,1", "--epochs", "2",
-                    "--verbalizer_candidates", "great/terrible", "good/bad", "--out", str(out)])
+    flags = [f"--config={ROOT / 'experiments' / 'prompt_sst2.py'}", f"--workdir={out}",
+             f"--config.model.pretrained={mlm_dir}", f"--config.data.train_file={train}",
+             f"--config.data.validation_file={dev}", "--config.prompt.shots=(0,2)",
+             "--config.prompt.seeds=(0,1)", "--config.train.num_epochs=2",
+             "--config.prompt.verbalizer_candidates=('great/terrible','good/bad')"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "lmx.main", *flags], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["eval_examples"] == len(ROWS) and results["head"] == "mlm"
     assert set(results["verbalizer_selection"]["candidates"]) == {"great/terrible", "good/bad"}
@@ -215,32 +255,58 @@ def test_cli_end_to_end(tiny_bert, tmp_path, capsys):
     for key in ("accuracy_raw", "accuracy_calibrated"):
         assert 0 <= results["zero_shot"][key] <= 1
         per_seed = [r[key] for r in results["few_shot"]["2"]["per_seed"]]
+        assert len(per_seed) == 2
         assert results["few_shot"]["2"][key]["mean"] == pytest.approx(np.mean(per_seed))
-    assert json.loads((out / "config.json").read_text())["shots"] == [0, 2]
-    printed = capsys.readouterr().out
-    assert "zero-shot" in printed and "2-shot (2 seeds)" in printed
+    assert all(len(r["epoch_losses"]) == 2 for r in results["few_shot"]["2"]["per_seed"])
+    assert json.loads((out / "config.json").read_text())["prompt"]["shots"] == [0, 2]
+    assert "zero-shot" in proc.stdout and "2-shot (2 seeds)" in proc.stdout
 
 
-@pytest.mark.parametrize("override,error", [
-    (dict(template="{sentence} It was great."), r"\[MASK\]"),
-    (dict(method="houlsby"), "method='houlsby'"), (dict(head="lm"), "head='lm'"),
-    (dict(shots=(0, -1)), "shots"), (dict(seeds=()), "seeds")])
-def test_run_rejects_bad_settings_before_loading(tmp_path, override, error):
-    config = prompting.default_config()
-    config.update(override)
-    config.model = str(tmp_path / "no_such_model")  # never reached
+@pytest.mark.parametrize("key,value,error", [
+    ("prompt.template", "{sentence} It was great.", r"\[MASK\]"),
+    ("peft.method", "houlsby", "method='houlsby'"), ("prompt.head", "lm", "head='lm'"),
+    ("prompt.shots", (0, -1), "shots"), ("prompt.seeds", (), "seeds"),
+    ("train.num_steps", 5, "whole epochs"), ("train.num_epochs", 2.5, "whole epochs"),
+    ("data.validation_file", "", "validation_file is empty"),
+    ("prompt.verbalizer_candidates", ("great/terrible,good/bad",), "neither")])
+def test_run_rejects_bad_settings_before_loading(tmp_path, key, value, error):
+    train, dev = _rows_files(tmp_path)
+    config = _cloze_config()
+    config.data.train_file, config.data.validation_file = str(train), str(dev)
+    config.model.pretrained = str(tmp_path / "no_such_model")  # never reached
+    section, name = key.split(".")
+    config[section][name] = value
     with pytest.raises(ValueError, match=error):
-        prompting.run(config, str(tmp_path / "out"))
+        prompt_sweep.run(config, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_tasks_refuse_prompt_keys():
+    config = config_lib.base_config()
+    config.data.kind, config.model.size = "synthetic", "bert-tiny"
+    config_lib.validate(config, 1)  # the defaults are fine
+    config.prompt.shots = (0, 4)
+    with pytest.raises(ValueError, match=r"prompt.shots=\(0, 4\) applies to model.task 'cloze'"):
+        config_lib.validate(config, 1)
+
+
+def _keys(config, prefix=""):
+    keys = set()
+    for key, value in config.items():
+        keys |= _keys(value, f"{prefix}{key}.") if hasattr(value, "items") else {prefix + key}
+    return keys
 
 
 def test_experiment_file_builds_every_variant():
-    path = str(ROOT / "experiments" / "prompt_sst2.py")
     for arg in ("", "runlocal", "runlocal,full"):
-        config = prompting._experiment_config(f"{path}:{arg}")
-        assert set(config) == set(prompting.default_config())  # the one schema, nothing added
-        prompting.check_template(config.template)
-        for spec in (config.verbalizer, *config.verbalizer_candidates):
+        config = _experiment(arg)
+        assert _keys(config) == _keys(config_lib.base_config())  # the one schema, nothing added
+        assert config.model.task == "cloze"
+        prompting.check_template(config.prompt.template)
+        for spec in (config.prompt.verbalizer, *config.prompt.verbalizer_candidates):
             assert sorted(prompting.parse_verbalizer(spec)) == ["0", "1"]
-    assert prompting._experiment_config(f"{path}:runlocal,full").method == "full"
+        if os.path.exists(config.data.validation_file):  # ../shared/data is not in the repo
+            config_lib.validate(config, 1)
+    assert _experiment("runlocal,full").peft.method == "full"
     with pytest.raises(ValueError, match="unknown arg 'nope'"):
-        prompting._experiment_config(f"{path}:nope")
+        _experiment("nope")
