@@ -61,6 +61,13 @@ def task_of(family, hf_config: dict[str, Any], task: str | None) -> str:
     return "hidden"
 
 
+def load_tokenizer(path_or_id: str | pathlib.Path, pad_token: str | None = None):
+    """The tokenizer of a HF folder, installed model package or hub id (see
+    `lmx.hf.tokenizer.load_tokenizer`)."""
+    from lmx.hf import pretrained, tokenizer  # noqa: PLC0415
+    return tokenizer.load_tokenizer(pretrained.resolve_model_dir(str(path_or_id)), pad_token)
+
+
 def module_from_config(path_or_id: str | pathlib.Path, task: str | None = None,
                        num_labels: int | None = None, **config_overrides: Any) -> nn.Module:
     """The lmx module a HF folder describes (its config.json only: no weights are read)."""

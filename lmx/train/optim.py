@@ -27,7 +27,8 @@ def schedule(train_config: ml_collections.ConfigDict, total_steps: int) -> optax
                 warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1), end_value=0.0)
 
 
-def trainable_labels(variables: Any, trainable_patterns, *, what: str) -> Any:
+def trainable_labels(variables: Any, trainable_patterns, *, what: str = "trainable patterns"
+                     ) -> Any:
     """`TRAIN` / `FREEZE` per leaf of the full variables tree (every leaf covered)."""
     rules = [(p, TRAIN) for p in trainable_patterns]
     return paths.label(variables, rules, what=what, default=FREEZE)

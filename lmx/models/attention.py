@@ -1,0 +1,146 @@
+"""Multi-head attention with grouped-query heads, RoPE, prefix tuning and a KV cache.
+
+Axis legend: B batch, T query length, S key length, D model width, N query heads,
+G key/value heads, Q = N // G query heads per group, K head dim, P prefix tokens,
+C cache length (decoding).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmx.models.layers import Dense, Dropout
+from lmx.peft import NO_PEFT, PEFT, PeftSpec
+from lmx.scale import sharding as ax
+
+CACHE = "cache"  # the variable collection of decoding state
+DECODE_MODES = ("", "prefill", "step")
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: tuple[tuple[str, Any], ...]):
+    """Inverse frequencies (head_dim // 2,) with HF's "default", "linear" or "llama3" scaling."""
+    half = head_dim // 2
+    inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
+    params = dict(scaling)
+    kind = params.get("rope_type", "default")
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / params["factor"]
+    if kind == "llama3":
+        factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+        old_len = params["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return jnp.where(medium, smoothed, scaled)
+    raise ValueError(f"rope_type={kind!r} is not supported (default, linear, llama3)")
+
+
+def rotary(x_BTNK: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotary position embedding, Llama's rotate-half layout."""
+    half = x_BTNK.shape[-1] // 2
+    angles_BTk = positions_BT[..., None].astype(jnp.float32) * inv_freq[None, None]
+    cos = jnp.cos(angles_BTk)[:, :, None, :]
+    sin = jnp.sin(angles_BTk)[:, :, None, :]
+    x1, x2 = x_BTNK[..., :half], x_BTNK[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head (grouped-query) attention with an optional PEFT prefix and a decoding cache.
+
+    `mask_BTS` is the full attention mask; when decoding it is None and the mask comes from
+    the cache: slot s is visible to query t if it holds a real token and s <= its position.
+    """
+    cfg: Any  # lmx.models.transformer.TransformerConfig (which imports this module)
+    peft: PeftSpec = NO_PEFT
+
+    @nn.compact
+    def __call__(self, x_BTD, mask_BTS, mask_BT, positions_BT, deterministic: bool,
+                 decode: str = ""):
+        cfg = self.cfg
+        B, T, _ = x_BTD.shape
+        N, G, K = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+        dense = lambda features, name: Dense(
+            features, (ax.EMBED, ax.HEADS), cfg.use_bias, cfg.compute_dtype, peft=self.peft,
+            name=name)
+        q_BTNK = dense(N * K, "query")(x_BTD, deterministic).reshape(B, T, N, K)
+        k_BTGK = dense(G * K, "key")(x_BTD, deterministic).reshape(B, T, G, K)
+        v_BTGK = dense(G * K, "value")(x_BTD, deterministic).reshape(B, T, G, K)
+        if cfg.positions == "rope":
+            inv_freq = rope_frequencies(K, cfg.rope_theta, cfg.rope_scaling)
+            q_BTNK = rotary(q_BTNK, positions_BT, inv_freq)
+            k_BTGK = rotary(k_BTGK, positions_BT, inv_freq)
+        q_BTNK = nn.with_logical_constraint(q_BTNK, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.KV))
+        if decode:
+            k_BTGK, v_BTGK, mask_BTS = self._cache(k_BTGK, v_BTGK, mask_BT, decode)
+        if self.peft.num_prefix_tokens:
+            k_BTGK, v_BTGK, mask_BTS = self._prefix(k_BTGK, v_BTGK, mask_BTS)
+        out_BTF = self._attend(q_BTNK, k_BTGK, v_BTGK, mask_BTS, deterministic)
+        return Dense(cfg.embed_dim, (ax.HEADS, ax.EMBED), cfg.use_bias, cfg.compute_dtype,
+                     peft=self.peft, name="out")(out_BTF, deterministic)
+
+    def _attend(self, q_BTNK, k_BSGK, v_BSGK, mask_BTS, deterministic):
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        B, T, N, K = q_BTNK.shape
+        G = k_BSGK.shape[2]
+        q_BTGQK = q_BTNK.reshape(B, T, G, N // G, K)
+        scores_BGQTS = jnp.einsum("btgqk,bsgk->bgqts", q_BTGQK.astype(dt), k_BSGK.astype(dt),
+                                  preferred_element_type=jnp.float32) * K ** -0.5
+        scores_BGQTS = jnp.where(mask_BTS[:, None, None], scores_BGQTS,
+                                 jnp.finfo(jnp.float32).min)
+        probs_BGQTS = jax.nn.softmax(scores_BGQTS, axis=-1)
+        self.sow("intermediates", "attention_probs", probs_BGQTS)  # kept only if mutable
+        probs_BGQTS = Dropout(cfg.attention_dropout_rate)(probs_BGQTS, deterministic=deterministic)
+        out_BTGQK = jnp.einsum("bgqts,bsgk->btgqk", probs_BGQTS.astype(dt), v_BSGK.astype(dt),
+                               preferred_element_type=jnp.float32)
+        return out_BTGQK.reshape(B, T, N * K)
+
+    def _prefix(self, k_BSGK, v_BSGK, mask_BTS):
+        """Prefix tuning: P learned key/value vectors per layer in front of the keys (no
+        position encoding: they are what a cache would hold), visible to every query."""
+        B, _, G, K = k_BSGK.shape
+        P = self.peft.num_prefix_tokens
+        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.RANK, ax.HEADS, ax.KV))
+        key_PGK = self.variable(PEFT, "prefix_key", lambda: init(self.make_rng("params"), (P, G, K)))
+        value_PGK = self.variable(PEFT, "prefix_value",
+                                  lambda: init(self.make_rng("params"), (P, G, K)))
+        expand = lambda x_PGK: jnp.broadcast_to(x_PGK, (B, P, G, K)).astype(k_BSGK.dtype)
+        k_BSGK = jnp.concatenate([expand(key_PGK.value), k_BSGK], axis=1)
+        v_BSGK = jnp.concatenate([expand(value_PGK.value), v_BSGK], axis=1)
+        mask_BTS = jnp.pad(mask_BTS, ((0, 0), (0, 0), (P, 0)), constant_values=True)
+        return k_BSGK, v_BSGK, mask_BTS
+
+    def _cache(self, k_BTGK, v_BTGK, mask_BT, decode):
+        """Writes this call's keys / values at the cache index; returns the whole cache and mask."""
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}")
+        B, T, G, K = k_BTGK.shape  # at init, T is the cache length C
+        zeros = lambda shape, dtype: lambda: jnp.zeros(shape, dtype)
+        key_BCGK = self.variable(CACHE, "cached_key", zeros((B, T, G, K), jnp.float32))
+        value_BCGK = self.variable(CACHE, "cached_value", zeros((B, T, G, K), jnp.float32))
+        mask_BC = self.variable(CACHE, "mask", zeros((B, T), bool))
+        index = self.variable(CACHE, "index", zeros((), jnp.int32))
+        if self.is_initializing():
+            return k_BTGK, v_BTGK, jnp.ones((B, T, T), bool)
+        C, i = mask_BC.value.shape[1], index.value
+        kv_axes = (ax.BATCH, ax.LENGTH, ax.HEADS, ax.KV)
+        write = lambda cache, new: nn.with_logical_constraint(
+            jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, i, 0, 0)), kv_axes)
+        key_BCGK.value = write(key_BCGK.value, k_BTGK)
+        value_BCGK.value = write(value_BCGK.value, v_BTGK)
+        mask_BC.value = jax.lax.dynamic_update_slice(mask_BC.value, mask_BT.astype(bool), (0, i))
+        index.value = i + T
+        slot_C = jnp.arange(C)
+        causal_TC = slot_C[None, :] <= (i + jnp.arange(T))[:, None]
+        mask_BTC = mask_BC.value[:, None, :] & causal_TC[None]
+        return key_BCGK.value, value_BCGK.value, mask_BTC
+
+
