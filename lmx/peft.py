@@ -165,6 +165,8 @@ def trainable_patterns(peft_config: ml_collections.ConfigDict, variables: Any = 
 def _lora_delta(peft_module: dict, scale: float):
     """`scale * A @ B` in the kernel's layout (Dense (I, O); Conv (H, W, I, O))."""
     a, b = peft_module["lora_a"], peft_module["lora_b"]
+    if b.ndim == 3:  # a scanned model's Dense: (L, I, R) @ (L, R, O), one update per layer
+        return scale * jnp.einsum("lir,lro->lio", a.astype(jnp.float32), b.astype(jnp.float32))
     b_RO = b.reshape(b.shape[-2], b.shape[-1])  # a Conv's B is a 1x1 kernel
     return scale * jnp.einsum("...r,ro->...o", a.astype(jnp.float32), b_RO.astype(jnp.float32))
 

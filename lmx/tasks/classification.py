@@ -104,8 +104,9 @@ class SequenceClassification(Task):
         images = families.get(self.config.model.family).inputs == "images"
         if not images or self.config.peft.method != "full":
             return {}
-        return {"exported": export_hf(trainer, workdir, trainer.inference_variables(),
-                                      ("params", "batch_stats"))}
+        variables = trainer.inference_variables()
+        return {"exported": export_hf(trainer, workdir, variables,
+                                      tuple(c for c in ("params", "batch_stats") if c in variables))}
 
     def steps_per_epoch(self, split, batch_size: int) -> int:
         return data.steps_per_epoch(split, batch_size)
