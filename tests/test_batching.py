@@ -1,6 +1,8 @@
 """The one batcher (lmx.data.batching): a pinned epoch order, length bucketing, padding to a
 multiple, exact resume in every mode (classification arrays, token dicts with a transform,
 packing), eval coverage with filler rows, packing that keeps every token once."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,18 @@ def test_epoch_order_is_pinned():
     assert [b.tolist() for b in order] == [[0, 5, 7, 2], [6, 9, 11, 12], [10, 13, 3, 4]]
     again = batching.epoch_order(lengths, 4, seed=0, epoch=1, bucket_batches=2)
     assert [b.tolist() for b in again] == [[1, 10, 13, 4], [3, 9, 0, 7], [6, 11, 8, 12]]
+    # The stream's step k is batch k of that order, and the transform sees (epoch, index).
+    examples = [{"ids": np.full(n, i + 5)} for i, n in enumerate(lengths)]
+
+    def tag(e):
+        return {**e, "labels": np.full(len(e["ids"]), 100 * e["epoch"] + e["index"])}
+
+    stream = batching.train_batches(examples, 4, seed=0, start_step=0, pad_id=0,
+                                    bucket_batches=2, transform=tag)
+    for step, index_B in enumerate(order + again):
+        batch = next(stream)
+        assert batch["ids"][:, 0].tolist() == [i + 5 for i in index_B]
+        assert batch["labels"][:, 0].tolist() == [100 * (step // 3) + i for i in index_B]
 
 
 def test_epoch_uses_each_example_once_and_buckets_by_length():
@@ -49,7 +63,7 @@ def test_epoch_uses_each_example_once_and_buckets_by_length():
         assert len(used) == len(set(used.tolist())) == 96  # full batches only: 103 // 8 * 8
         # one window holds the epoch: the batches are consecutive runs of the sorted lengths
         runs = sorted((lengths[b].min(), lengths[b].max()) for b in batches)
-        assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(runs, runs[1:]))
+        assert all(hi <= next_lo for (_, hi), (next_lo, _) in itertools.pairwise(runs))
 
 
 @pytest.mark.parametrize("mode", ["classification", "tokens_with_transform", "packed"])
@@ -155,7 +169,10 @@ def test_packed_batches_carry_labels_mask_and_restart_positions():
 
 def test_packed_mode_refuses_a_transform_that_changes_lengths():
     examples = [{"ids": d} for d in _documents(3)]
-    grow = lambda e: {**e, "ids": np.append(e["ids"], 7)}  # noqa: E731
+
+    def grow(e):
+        return {**e, "ids": np.append(e["ids"], 7)}
+
     with pytest.raises(ValueError, match="changed example lengths"):
         next(batching.train_batches(examples, 2, seed=0, start_step=0, pad_id=0,
                                     pack_length=16, transform=grow))

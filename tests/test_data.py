@@ -19,7 +19,7 @@ def test_unknown_label_is_an_error_naming_it():
 def test_stratified_split_is_fixed_disjoint_and_covers_every_class():
     labels = np.repeat(np.arange(5), [3, 10, 20, 7, 40])
     train, valid = sources.stratified_split(labels, 0.1, seed=0)
-    again_train, again_valid = sources.stratified_split(labels, 0.1, seed=0)
+    _, again_valid = sources.stratified_split(labels, 0.1, seed=0)
     np.testing.assert_array_equal(valid, again_valid)
     assert not set(train) & set(valid)
     assert len(train) + len(valid) == len(labels)

@@ -25,9 +25,9 @@ from typing import Any, Iterator
 import jax
 import ml_collections
 
-from lmx.data import batching
-from lmx.data.transforms import IGNORE
+from lmx.data import batching, transforms
 
+IGNORE = transforms.IGNORE
 MASK_TOKENS = ("[MASK]", "<mask>")  # WordPiece's, lmx.data.tokenizer's sentencepiece models'
 
 
@@ -43,7 +43,8 @@ class Datasets:
 
 
 class Task:
-    """Defaults shared by the tasks; `bind` keeps what batching and scoring need."""
+    """Defaults shared by the tasks; `bind` keeps what batching and scoring need. Training and
+    eval batches default to the one batcher, `lmx.data.batching`."""
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
