@@ -15,7 +15,7 @@ from peft import LoraConfig, get_peft_model
 
 from bench import measure
 from bench.workloads import BANKING77, Suite, Workload
-from lmx.data import examples as data
+from lmx.data import readers, sources
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json")
@@ -143,11 +143,12 @@ def raw_step(w: Workload, suite: Suite, method: str, model_dir: str,
 
 
 def _banking77(train_file: str, validation_fraction: float = 0.1, seed: int = 0):
-    """The split lmx's Trainer carves (`data.stratified_split`), so both train on the same rows."""
-    texts, label_strings = data.read_csv_classification(train_file, "text", "category")
+    """The split lmx's Trainer carves (`sources.stratified_split`), so both train on the same rows."""
+    rows = readers.read_delimited(train_file, "text", "category")
+    texts, label_strings = [r["text"] for r in rows], [r["label"] for r in rows]
     names = json.load(open(os.path.join(BANKING77, "categories.json"), encoding="utf-8"))
     labels = np.array([names.index(s) for s in label_strings], np.int64)
-    train_idx, valid_idx = data.stratified_split(labels, validation_fraction, seed)
+    train_idx, valid_idx = sources.stratified_split(labels, validation_fraction, seed)
     return list(texts), labels, train_idx, valid_idx, len(names)
 
 

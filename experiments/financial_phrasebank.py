@@ -8,7 +8,7 @@ agreement); a PEFT method `lora` (default), `full`, `houlsby`, `bitfit`, `prefix
 `runlocal`.
 
 Split (fixed, documented): the corpus has no official split. We carve a stratified 20% of each
-file as validation with numpy seed `data.split_seed` = 0 (`lmx.data.examples.stratified_split`: per
+file as validation with numpy seed `data.split_seed` = 0 (`lmx.data.sources.stratified_split`: per
 label, a seeded permutation, the first round(0.2 n) go to validation); the rest trains.
 The two agreement levels are split independently (the AllAgree sentences are a subset of
 50Agree, so do not evaluate an AllAgree model on 50Agree validation).

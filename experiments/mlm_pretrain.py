@@ -27,7 +27,7 @@ picks are easy targets). Transfer to SST-2 (`sst2.py:transfer,subset` vs
 dev, seeds 0 / 1 / 2) went from clearly below random init with 80/10/10 (0.676 vs 0.725 at lr
 3e-4, 0.674 vs 0.764 at 1e-3, seed 0) to level with it: 0.750 +- 0.009 vs 0.745 +- 0.023 at
 lr 3e-4, 0.757 +- 0.022 vs 0.760 +- 0.007 at 1e-3. A tie, not a win: see the README.
-The vocabulary projection runs on the picked positions only (text_pipeline.gather_targets).
+The vocabulary projection runs on the picked positions only (lmx.data.transforms.gather_targets).
 """
 import os
 

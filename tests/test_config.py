@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from experiments import tiny_synthetic
 from lmx import config as config_lib
-from lmx.data import examples as data
+from lmx.data import examples as data, readers
 from lmx.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,17 +152,17 @@ def _write(tmp_path, blob, name="d.csv"):
 def test_csv_errors_name_file_and_line(tmp_path, blob, line):
     path = _write(tmp_path, blob)
     with pytest.raises(ValueError, match=re.escape(f"{path}:") + r"\d+"):
-        data.read_csv_classification(path, "text", "category")
+        readers.read_delimited(path, "text", "category")
     try:
-        data.read_csv_classification(path, "text", "category")
+        readers.read_delimited(path, "text", "category")
     except ValueError as e:
         assert str(e).startswith(f"{path}:{line}:"), str(e)
 
 
 def test_unknown_label_names_its_line(tmp_path):
     path = _write(tmp_path, b'text,category\n"a\nb",x\nok,zzz\n')
-    texts, labels, lines = data.read_csv_classification(path, "text", "category",
-                                                        with_lines=True)
+    rows = readers.read_delimited(path, "text", "category")
+    labels, lines = [r["label"] for r in rows], [r["line"] for r in rows]
     assert lines == [3, 4]
     with pytest.raises(ValueError, match=re.escape(f"{path}:4: labels not in the label set")):
         data.label_ids(labels, ["x"], path, lines)
@@ -170,11 +170,11 @@ def test_unknown_label_names_its_line(tmp_path):
 
 @pytest.mark.parametrize("blob,message", [
     (b'["a", "b"', r":1: not JSON"), (b'{"a": 1}', r":1: expected a non-empty JSON list"),
-    (b'["a",\n "a"]', r":1: duplicate label names \['a'\]"), (b"\xff", r":1: not UTF-8")])
+    (b'["a",\n "a"]', r":1: duplicate label names \['a'\]"), (b"\xff", r":1: not valid utf-8")])
 def test_bad_label_file_names_file_and_line(tmp_path, blob, message):
     path = _write(tmp_path, blob, "labels.json")
     with pytest.raises(ValueError, match=re.escape(path) + message):
-        data.read_label_names(path)
+        readers.read_label_names(path)
 
 
 CSV_PIECES = st.sampled_from(["text", "category", ",", '"', "\n", "\r\n", "\r", "a", "b c",
@@ -188,7 +188,8 @@ def test_fuzzed_csv_parses_or_names_file_and_line(tmp_path, pieces, raw, use_raw
     blob = (b"text,category\n" + raw) if use_raw else "".join(pieces).encode("utf-8")
     path = _write(tmp_path, blob)
     try:
-        texts, labels = data.read_csv_classification(path, "text", "category")
+        rows = readers.read_delimited(path, "text", "category")
+        texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
     except ValueError as e:
         match = re.match(re.escape(path) + r":(\d+): ", str(e))
         assert match, str(e)
@@ -207,5 +208,5 @@ def test_csv_round_trips_whatever_csv_writer_writes(tmp_path, rows):
     writer.writerow(["text", "category"])
     writer.writerows(rows)
     path = _write(tmp_path, buffer.getvalue().encode("utf-8"))
-    texts, labels = data.read_csv_classification(path, "text", "category")
-    assert list(zip(texts, labels)) == [tuple(r) for r in rows]
+    read = readers.read_delimited(path, "text", "category")
+    assert [(r["text"], r["label"]) for r in read] == [tuple(r) for r in rows]

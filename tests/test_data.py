@@ -1,78 +1,54 @@
-"""Input pipeline: a real CSV parser, errors that name file and line, exact resume."""
+"""Examples and the one split carver: label ids name the bad label (and its line), the
+stratified carve is fixed, disjoint and covers every class, row and tail carves are fixed.
+(CSV reading is tests/test_readers.py; batching tests/test_batching.py.)"""
+import ml_collections
 import numpy as np
 import pytest
 
-from lmx.data import examples as data
+from lmx.data import examples as data, sources
 
 
-def _write(tmp_path, text, name="d.csv"):
-    path = tmp_path / name
-    path.write_bytes(text.encode("utf-8"))
-    return str(path)
-
-
-def test_csv_handles_quoted_newlines_and_crlf(tmp_path):
-    path = _write(tmp_path, 'text,category\r\n"two\r\nlines, and a comma",a\r\nplain,b\r\n')
-    texts, labels = data.read_csv_classification(path, "text", "category")
-    assert texts == ["two\r\nlines, and a comma", "plain"]
-    assert labels == ["a", "b"]
-
-
-def test_malformed_row_names_file_and_line(tmp_path):
-    path = _write(tmp_path, "text,category\nok,a\ntoo,many,fields\n")
-    with pytest.raises(ValueError, match=r"d\.csv:3"):
-        data.read_csv_classification(path, "text", "category")
-
-
-def test_missing_column_and_unknown_label(tmp_path):
-    path = _write(tmp_path, "sentence,category\nok,a\n")
-    with pytest.raises(ValueError, match="no column 'text'"):
-        data.read_csv_classification(path, "text", "category")
-    with pytest.raises(ValueError, match=r"labels not in the label set: \['zzz'\]"):
+def test_unknown_label_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"x\.csv: labels not in the label set: \['zzz'\]"):
         data.label_ids(["a", "zzz"], ["a", "b"], "x.csv")
+    with pytest.raises(ValueError, match=r"x\.csv:7: labels not in the label set"):
+        data.label_ids(["a", "zzz"], ["a", "b"], "x.csv", lines=[2, 7])
+    np.testing.assert_array_equal(data.label_ids(["b", "a"], ["a", "b"], "x.csv"), [1, 0])
 
 
 def test_stratified_split_is_fixed_disjoint_and_covers_every_class():
     labels = np.repeat(np.arange(5), [3, 10, 20, 7, 40])
-    train, valid = data.stratified_split(labels, 0.1, seed=0)
-    again_train, again_valid = data.stratified_split(labels, 0.1, seed=0)
+    train, valid = sources.stratified_split(labels, 0.1, seed=0)
+    _, again_valid = sources.stratified_split(labels, 0.1, seed=0)
     np.testing.assert_array_equal(valid, again_valid)
     assert not set(train) & set(valid)
     assert len(train) + len(valid) == len(labels)
     assert set(labels[valid]) == set(range(5))
 
 
-def _examples(n=100):
-    return data.synthetic(n, vocab_size=50, max_length=20, num_labels=2, seed=1)
+def _d(fraction=0.25, seed=0):
+    return ml_collections.ConfigDict({"validation_fraction": fraction, "split_seed": seed})
 
 
-def test_train_stream_resumes_exactly_at_any_step():
-    examples = _examples()
-    kwargs = dict(seed=3, pad_multiple=8, bucket_batches=2, pad_id=0)
-    stream = data.train_batches(examples, 8, start_step=0, **kwargs)
-    reference = [next(stream) for _ in range(30)]  # crosses epoch boundaries (12 steps each)
-    for start in (5, 12, 17):
-        resumed = data.train_batches(examples, 8, start_step=start, **kwargs)
-        for expected in reference[start:start + 8]:
-            got = next(resumed)
-            for key in expected:
-                np.testing.assert_array_equal(got[key], expected[key])
+def test_carve_by_label_subsets_the_stratified_split():
+    examples = data.synthetic(60, vocab_size=50, max_length=10, num_labels=3, seed=0)
+    train, valid = sources.carve(examples, _d(), by="label")
+    _, valid_index = sources.stratified_split(examples.labels, 0.25, 0)
+    np.testing.assert_array_equal(valid.labels, examples.labels[valid_index])
+    assert len(train) + len(valid) == 60 and set(valid.labels) == {0, 1, 2}
 
 
-def test_batches_are_bucketed_and_padded_to_a_multiple():
-    examples = _examples()
-    batch = next(data.train_batches(examples, 8, seed=0, start_step=0, pad_multiple=8,
-                                    bucket_batches=4, pad_id=0))
-    assert batch["ids"].shape[1] % 8 == 0
-    lengths = batch["mask"].sum(1)
-    assert batch["ids"].shape[1] - lengths.max() < 8
-    assert (batch["ids"][~batch["mask"]] == 0).all()
+def test_carve_by_row_is_seeded_and_keeps_file_order():
+    rows = list(range(40))
+    train, valid = sources.carve(rows, _d(), by="row")
+    assert len(valid) == 10 and sorted(train + valid) == rows
+    assert train == sorted(train) and valid == sorted(valid)
+    assert sources.carve(rows, _d(), by="row") == (train, valid)
+    assert sources.carve(rows, _d(seed=1), by="row")[1] != valid
 
 
-def test_eval_batches_cover_every_example_once():
-    examples = _examples(37)
-    batches = list(data.eval_batches(examples, 8, pad_multiple=8, pad_id=0))
-    assert sum(int(b["weights"].sum()) for b in batches) == 37
-    seen = sorted(tuple(b["ids"][i][b["mask"][i]]) for b in batches for i in range(8)
-                  if b["weights"][i] > 0)
-    assert seen == sorted(tuple(x) for x in examples.ids)
+def test_carve_by_tail_is_the_contiguous_end():
+    text = "abcdefghij"
+    assert sources.carve(text, _d(0.3), by="tail") == ("abcdefg", "hij")
+    with pytest.raises(ValueError, match="expected one of"):
+        sources.carve(text, _d(), by="random")

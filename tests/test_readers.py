@@ -63,16 +63,19 @@ def test_conll_bio_scheme_refuses_an_orphan_inside_tag(tmp_path):
 
 # --- CSV / TSV / JSONL / PhraseBank / CLINC / ratings ---------------------------------------
 
-def test_csv_bom_crlf_quoted_newline(tmp_path):
-    path = _write(tmp_path, "d.csv", '\ufefftext,category\r\n"two\r\nlines, comma",a\r\nplain,b\r\n')
+@pytest.mark.parametrize("bom", ["\ufeff", ""])
+def test_csv_bom_crlf_quoted_newline_blank_line(tmp_path, bom):
+    path = _write(tmp_path, "d.csv",
+                  bom + 'text,category\r\n"two\r\nlines, comma",a\r\n\r\nplain,b\r\n')
     assert readers.read_delimited(path, "text", "category") == [
-        {"text": "two\r\nlines, comma", "label": "a"}, {"text": "plain", "label": "b"}]
+        {"text": "two\r\nlines, comma", "label": "a", "line": 3},
+        {"text": "plain", "label": "b", "line": 5}]  # the line a row ends on; blank skipped
 
 
 def test_tsv_keeps_bare_quotes(tmp_path):
     path = _write(tmp_path, "d.tsv", 'sentence\tlabel\nit \'s "fine" \t1\n')
     assert readers.read_delimited(path, "sentence", "label") == [
-        {"text": 'it \'s "fine" ', "label": "1"}]
+        {"text": 'it \'s "fine" ', "label": "1", "line": 2}]
 
 
 @pytest.mark.parametrize("name, text, line, what", [

@@ -2,7 +2,8 @@
 
 Records (all readers return lists of dicts, except ratings: a dict of numpy arrays):
   tagging:         {"words": [str], "tags": [str] (BIO / IOB2), "document": int}
-  classification:  {"text": str, "label": str}
+  classification:  {"text": str, "label": str} (CSV / TSV rows add "line": int, where the row ends)
+  label names:     [str] (a JSON list)
   ratings:         {"user_id": int64 (N,), "item_id": int64 (N,), "rating": float32 (N,),
                     "timestamp": int64 (N,)}   N = number of ratings, in file order.
 
@@ -110,8 +111,9 @@ def read_conll(path: str, *, scheme: str = "iob1", num_columns: int = 4,
 # --- delimited text classification -------------------------------------------------------
 
 def read_delimited(path: str, text_column: str, label_column: str, *,
-                   delimiter: str | None = None) -> list[dict[str, str]]:
-    """{"text", "label"} rows of a CSV / TSV file with a header (Python's csv module).
+                   delimiter: str | None = None) -> list[dict[str, Any]]:
+    """{"text", "label", "line"} rows of a CSV / TSV file with a header (Python's csv module);
+    `line` is where the row ends (label errors downstream name it). Blank lines are skipped.
 
     `delimiter` defaults to a tab for `.tsv` files (no quoting: GLUE TSVs hold bare quotes)
     and a comma otherwise (RFC 4180 quoting: quoted newlines, CRLF). A UTF-8 BOM is skipped.
@@ -131,18 +133,35 @@ def read_delimited(path: str, text_column: str, label_column: str, *,
                     raise _fail(path, 1, f"expected a column {column!r} in header {header}")
             text_i, label_i = header.index(text_column), header.index(label_column)
             for row in reader:
+                if not row:  # a blank line is no record (as csv.DictReader has it)
+                    continue
                 if len(row) != len(header):
                     raise _fail(path, reader.line_num, f"expected {len(header)} fields "
                                 f"({delimiter.join(header)!r}), got {len(row)}")
                 if not row[label_i]:
                     raise _fail(path, reader.line_num, f"expected a label in {label_column!r}")
-                rows.append({"text": row[text_i], "label": row[label_i]})
+                rows.append({"text": row[text_i], "label": row[label_i],
+                             "line": reader.line_num})
         except csv.Error as e:
             raise _fail(path, reader.line_num, f"malformed {'TSV' if tsv else 'CSV'}: {e}"
                         ) from None
     if not rows:
-        raise ValueError(f"{path}: no examples")
+        raise _fail(path, max(reader.line_num, 1), "no examples after the header")
     return rows
+
+
+def read_label_names(path: str) -> list[str]:
+    """A JSON list of distinct label names (data.labels_file)."""
+    try:
+        names = json.loads(_decode(path, "utf-8"))
+    except json.JSONDecodeError as e:
+        raise _fail(path, e.lineno, f"not JSON ({e.msg})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
+        raise _fail(path, 1, "expected a non-empty JSON list of label names (strings)")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise _fail(path, 1, f"duplicate label names {duplicates[:10]}")
+    return names
 
 
 def read_jsonl(path: str, fields: Sequence[str]) -> list[dict[str, Any]]:

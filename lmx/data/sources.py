@@ -1,5 +1,5 @@
 """Where a task's examples come from: files or tfds catalog datasets ("tfds:NAME"), the
-tokenizer a task uses, and the fixed splits carved out of a training set."""
+tokenizer a task uses, and the one carver of fixed validation splits out of a training set."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lmx.data import examples as data, readers
+from lmx.data import readers
 
 
 def tokenizer_for(config: ml_collections.ConfigDict, workdir: str):
@@ -86,13 +86,6 @@ def separate_validation(d: ml_collections.ConfigDict) -> bool:
     return bool(d.validation_file or (d.validation_split and d.train_file.startswith(TFDS)))
 
 
-def carve_rows(rows: list, d: ml_collections.ConfigDict) -> tuple[list, list]:
-    """(train, validation): a seeded `validation_fraction` of the rows, both in file order."""
-    order = np.random.default_rng(d.split_seed).permutation(len(rows))
-    cut = int(round(d.validation_fraction * len(rows)))
-    return [rows[i] for i in np.sort(order[cut:])], [rows[i] for i in np.sort(order[:cut])]
-
-
 def keep_labels(examples, names: list[str], keep: str) -> tuple[Any, list[str]]:
     """The examples whose label name is in the comma-separated `keep`, renumbered in that
     order (data.keep_labels); all of them when `keep` is empty."""
@@ -112,7 +105,42 @@ def keep_labels(examples, names: list[str], keep: str) -> tuple[Any, list[str]]:
     return subset, kept
 
 
-def carve(examples, config) -> tuple[Any, Any]:
-    train_index, valid_index = data.stratified_split(
-        examples.labels, config.data.validation_fraction, config.data.split_seed)
-    return examples.subset(train_index), examples.subset(valid_index)
+CARVE_MODES = ("label", "row", "tail")
+
+
+def carve(items, d: ml_collections.ConfigDict, *, by: str) -> tuple[Any, Any]:
+    """(train, validation): `d.validation_fraction` of one training set held out, fixed.
+
+    by="label": a seeded (`d.split_seed`) fraction of every class, at least one example each
+                (`stratified_split`); `items` has `.labels` and `.subset` (`Examples`).
+    by="row":   a seeded random fraction of the rows (a list), both parts in file order.
+    by="tail":  the contiguous last fraction of a text (or token stream): a causal LM must
+                not train on the neighbours of its validation text.
+    """
+    if by == "label":
+        train_index, valid_index = stratified_split(items.labels, d.validation_fraction,
+                                                    d.split_seed)
+        return items.subset(train_index), items.subset(valid_index)
+    if by == "row":
+        order = np.random.default_rng(d.split_seed).permutation(len(items))
+        cut = int(round(d.validation_fraction * len(items)))
+        return ([items[i] for i in np.sort(order[cut:])],
+                [items[i] for i in np.sort(order[:cut])])
+    if by == "tail":
+        cut = int(len(items) * (1 - d.validation_fraction))
+        return items[:cut], items[cut:]
+    raise ValueError(f"carve(by={by!r}): expected one of {CARVE_MODES}")
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices: `fraction` of every class (at least one) to validation."""
+    rng = np.random.default_rng(seed)
+    validation = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        take = max(1, int(round(fraction * len(members))))
+        validation.extend(rng.permutation(members)[:take].tolist())
+    validation = np.sort(np.asarray(validation, np.int64))
+    train = np.setdiff1d(np.arange(len(labels)), validation)
+    return train, validation

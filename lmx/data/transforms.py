@@ -1,69 +1,19 @@
-"""Token-level input pipeline: packing for LM pre-training, MLM masking, NER label alignment,
-dynamic padding with length bucketing; orders are pure functions of (seed, epoch, step).
+"""Per-example and per-batch token transforms: MLM masking, masked-position gathering, NER
+first-sub-token label alignment. Batching (padding, bucketing, packing) is lmx.data.batching.
 
-Transforms are `fn(example: dict) -> dict` on numpy arrays; batchers yield padded batches.
-Axis legend: N packed rows, B batch, T (padded / packed) length, L one example's length.
+Transforms are `fn(example: dict) -> dict` on numpy arrays, randomness a function of
+(seed, example["epoch"], example["index"]).
+Axis legend: B batch, T padded length, M gathered positions, L one example's length.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 IGNORE = -100  # label of positions that carry no loss (HF / PyTorch convention)
-
-
-# --- packing -----------------------------------------------------------------------------
-
-def pack(documents: Sequence[np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
-    """Concatenate documents and cut into rows of `seq_len`; every token lands exactly once.
-
-    A document cut by a row end continues in the next row as a new segment. Returns `ids_NT`,
-    `segment_ids_NT` (1, 2, ... per row; 0 = padding, only in the last row) and
-    `positions_NT` (0-based within each segment) for segment-masked attention.
-    """
-    lengths = np.asarray([len(d) for d in documents], np.int64)
-    total = int(lengths.sum())
-    N = max(1, math.ceil(total / seq_len))
-    ids = np.full(N * seq_len, pad_id, np.int32)
-    doc_of_token = np.repeat(np.arange(len(documents)), lengths)
-    if total:
-        ids[:total] = np.concatenate([np.asarray(d, np.int32) for d in documents])
-    doc = np.full(N * seq_len, -1, np.int64)
-    doc[:total] = doc_of_token
-    doc_NT = doc.reshape(N, seq_len)
-    starts_NT = np.ones((N, seq_len), bool)  # a segment starts at column 0 or a new document
-    starts_NT[:, 1:] = doc_NT[:, 1:] != doc_NT[:, :-1]
-    segment_ids_NT = np.cumsum(starts_NT, axis=1).astype(np.int32)
-    segment_ids_NT[doc_NT < 0] = 0
-    index_NT = np.broadcast_to(np.arange(seq_len), (N, seq_len))
-    segment_start_NT = np.maximum.accumulate(np.where(starts_NT, index_NT, 0), axis=1)
-    positions_NT = (index_NT - segment_start_NT).astype(np.int32)
-    positions_NT[doc_NT < 0] = 0
-    return {"ids": ids.reshape(N, seq_len), "segment_ids": segment_ids_NT,
-            "positions": positions_NT}
-
-
-def packed_batches(documents: Sequence[np.ndarray], seq_len: int, batch_size: int, *,
-                   seed: int, start_step: int, pad_id: int) -> Iterator[dict[str, np.ndarray]]:
-    """Endless packed batches: documents shuffled per epoch (rng [seed, epoch]), then packed.
-
-    Rows per epoch do not depend on the order, so step -> (epoch, row) is exact for resume.
-    The last `rows % batch_size` rows of an epoch are dropped (every step has B rows).
-    """
-    total = sum(len(d) for d in documents)
-    per_epoch = math.ceil(total / seq_len) // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"{total} tokens make fewer than batch_size={batch_size} rows of {seq_len}")
-    epoch, offset = divmod(start_step, per_epoch)
-    while True:
-        order = np.random.default_rng([seed, epoch]).permutation(len(documents))
-        rows = pack([documents[i] for i in order], seq_len, pad_id)
-        for step in range(offset, per_epoch):
-            yield {k: v[step * batch_size:(step + 1) * batch_size] for k, v in rows.items()}
-        epoch, offset = epoch + 1, 0
 
 
 # --- MLM masking -------------------------------------------------------------------------
@@ -167,80 +117,3 @@ def align_labels(tokenizer, *, label_names: Sequence[str], max_length: int
         return {**example, "ids": np.asarray(ids, np.int32), "labels": np.asarray(labels, np.int32)}
 
     return fn
-
-
-# --- dynamic padding / length bucketing --------------------------------------------------
-
-def pad_batch(examples: Sequence[dict], batch_size: int, *, pad_id: int, pad_multiple: int = 8
-              ) -> dict[str, np.ndarray]:
-    """`ids_BT`, `mask_BT`, `labels_BT` (IGNORE on padding), `weights_B` (0 for filler rows).
-
-    T is the longest example rounded up to `pad_multiple` (few distinct shapes to compile).
-    """
-    longest = max(len(e["ids"]) for e in examples)
-    T = pad_multiple * math.ceil(longest / pad_multiple)
-    ids_BT = np.full((batch_size, T), pad_id, np.int32)
-    mask_BT = np.zeros((batch_size, T), bool)
-    labels_BT = np.full((batch_size, T), IGNORE, np.int32)
-    weights_B = np.zeros((batch_size,), np.float32)
-    for b, example in enumerate(examples):
-        L = len(example["ids"])
-        ids_BT[b, :L], mask_BT[b, :L], weights_B[b] = example["ids"], True, 1.0
-        if "labels" in example:
-            labels_BT[b, :L] = example["labels"]
-    return {"ids": ids_BT, "mask": mask_BT, "labels": labels_BT, "weights": weights_B}
-
-
-def bucketed_epoch(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int,
-                   bucket_batches: int) -> list[np.ndarray]:
-    """One epoch's batches of example indices: shuffle, sort windows of `bucket_batches`
-    batches by length, cut, shuffle the batches. Full batches only."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(lengths))
-    order = order[:len(order) - len(order) % batch_size]
-    window = batch_size * max(bucket_batches, 1)
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = order[start:start + window]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    return [batches[i] for i in np.random.default_rng([seed, epoch, 1]).permutation(len(batches))]
-
-
-def token_batches(examples: Sequence[dict], batch_size: int, *, seed: int, start_step: int,
-                  pad_id: int, pad_multiple: int = 8, bucket_batches: int = 8,
-                  transform: Callable[[dict], dict] | None = None
-                  ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless bucketed, padded training batches from `start_step` (exact resume).
-
-    `transform` (e.g. a partial of `mlm_mask`) runs per example after `index` and `epoch`
-    are added, so per-example randomness is a function of (seed, epoch, index) too.
-    """
-    lengths = np.asarray([len(e["ids"]) for e in examples])
-    per_epoch = len(examples) // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"{len(examples)} examples is fewer than batch_size={batch_size}")
-    epoch, offset = divmod(start_step, per_epoch)
-    while True:
-        batches = bucketed_epoch(lengths, batch_size, seed=seed, epoch=epoch,
-                                 bucket_batches=bucket_batches)
-        for index_B in batches[offset:]:
-            chosen = [{**examples[i], "index": int(i), "epoch": epoch} for i in index_B]
-            if transform is not None:
-                chosen = [transform(e) for e in chosen]
-            yield pad_batch(chosen, batch_size, pad_id=pad_id, pad_multiple=pad_multiple)
-        epoch, offset = epoch + 1, 0
-
-
-def eval_token_batches(examples: Sequence[dict], batch_size: int, *, pad_id: int,
-                       pad_multiple: int = 8) -> Iterator[dict[str, np.ndarray]]:
-    """Every example once, sorted by length; the last batch filled with weight-0 rows.
-
-    Each batch also carries `index_B` (the example each row came from; -1 for filler)."""
-    order = np.argsort([len(e["ids"]) for e in examples], kind="stable")
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        batch = pad_batch([examples[i] for i in index], batch_size, pad_id=pad_id,
-                          pad_multiple=pad_multiple)
-        batch["index"] = np.full((batch_size,), -1, np.int64)
-        batch["index"][:len(index)] = index
-        yield batch

@@ -24,12 +24,10 @@ from typing import Any, Iterator
 
 import jax
 import ml_collections
-import numpy as np
 
-from lmx.data import transforms as text_pipeline
+from lmx.data import batching, transforms
 
-MASK_TOKENS = ("[MASK]", "<mask>")  # WordPiece's, lmx.data.tokenizer's sentencepiece models'
-IGNORE = text_pipeline.IGNORE
+IGNORE = transforms.IGNORE
 MASK_TOKENS = ("[MASK]", "<mask>")  # WordPiece's, lmx.data.tokenizer's sentencepiece models'
 
 
@@ -45,7 +43,8 @@ class Datasets:
 
 
 class Task:
-    """Defaults shared by the tasks; `bind` keeps what batching and scoring need."""
+    """Defaults shared by the tasks; `bind` keeps what batching and scoring need. Training and
+    eval batches default to the one batcher, `lmx.data.batching`."""
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -55,6 +54,23 @@ class Task:
 
     def bind(self, datasets: Datasets) -> None:
         self.pad_id, self.label_names = datasets.pad_id, datasets.label_names
+
+    def steps_per_epoch(self, split, batch_size: int) -> int:
+        return batching.steps_per_epoch(split, batch_size)
+
+    def train_batches(self, split, start_step: int) -> Iterator[dict]:
+        return self.bucketed_batches(split, start_step)
+
+    def bucketed_batches(self, split, start_step: int, transform=None) -> Iterator[dict]:
+        """The one batcher (`lmx.data.batching.train_batches`) with this run's settings."""
+        c = self.config
+        return batching.train_batches(split, c.train.batch_size, seed=c.seed,
+                                      start_step=start_step, pad_id=self.pad_id,
+                                      pad_multiple=c.data.pad_multiple,
+                                      bucket_batches=c.data.bucket_batches, transform=transform)
+
+    def eval_batches(self, split) -> Iterator[tuple[dict, dict]]:
+        return eval_token_batches(self, split)
 
     @staticmethod
     def outputs(logits: jax.Array, batch: dict) -> dict:
@@ -74,10 +90,10 @@ def export_hf(trainer, workdir: str, variables: dict, collections=("params",)) -
 
 
 def eval_token_batches(task: Task, split) -> Iterator[tuple[dict, dict]]:
+    """Every example once (`lmx.data.batching.eval_batches`); host info: `index` (the example
+    of each row, -1 for filler) and `labels`."""
     c = task.config
-    for batch in text_pipeline.eval_token_batches(split, c.train.eval_batch_size,
-                                                  pad_id=task.pad_id,
-                                                  pad_multiple=c.data.pad_multiple):
-        index = batch.pop("index")
-        yield ({**batch, "token_types": np.zeros_like(batch["ids"])},
-               {"index": index, "labels": batch["labels"]})
+    for batch, index_B in batching.eval_batches(split, c.train.eval_batch_size,
+                                                pad_id=task.pad_id,
+                                                pad_multiple=c.data.pad_multiple):
+        yield batch, {"index": index_B, "labels": batch["labels"]}

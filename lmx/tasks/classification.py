@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from lmx import metrics
-from lmx.data import examples as data, readers, sources
+from lmx.data import batching, examples as data, readers, sources
 from lmx.models import families
 from lmx.tasks.base import Datasets, Task, export_hf
 
@@ -28,15 +28,12 @@ class SequenceClassification(Task):
         if d.kind == "clinc150":
             rows = readers.read_clinc150(path, split, include_oos=d.include_oos)
             return [r["text"] for r in rows], [r["label"] for r in rows], None
-        if path.endswith(".csv"):
-            return data.read_csv_classification(path, d.text_column, d.label_column,
-                                                with_lines=True)
         if path.endswith(".jsonl"):
             rows = readers.read_jsonl(path, (d.text_column, d.label_column))
             return [str(r[d.text_column]) for r in rows], [str(r[d.label_column])
                                                           for r in rows], None
-        rows = readers.read_delimited(path, d.text_column, d.label_column)
-        return [r["text"] for r in rows], [r["label"] for r in rows], None
+        rows = readers.read_delimited(path, d.text_column, d.label_column)  # CSV, TSV
+        return [r["text"] for r in rows], [r["label"] for r in rows], [r["line"] for r in rows]
 
     def load(self, config, workdir: str) -> Datasets:
         d = config.data
@@ -45,13 +42,13 @@ class SequenceClassification(Task):
                         if d.kind == "synthetic" else data.digits(config.model.image_size))
             names = [str(i) for i in range(int(examples.labels.max()) + 1)]
             examples, names = sources.keep_labels(examples, names, d.keep_labels)
-            train, validation = sources.carve(examples, config)
+            train, validation = sources.carve(examples, d, by="label")
             return Datasets(train, validation, None, names, 0)
         if d.kind == "images":
             return self._load_images(config)
         tokenizer, folder = sources.tokenizer_for(config, workdir)
         train_rows = self._rows(d.train_file, d.train_split)
-        names = (data.read_label_names(d.labels_file) if d.labels_file
+        names = (readers.read_label_names(d.labels_file) if d.labels_file
                  else sorted(set(train_rows[1])))
 
         def encode(texts, label_strings, lines, path):
@@ -64,7 +61,7 @@ class SequenceClassification(Task):
             path = d.validation_file or d.train_file
             validation = encode(*self._rows(path, d.validation_split), path)
         else:
-            train, validation = sources.carve(train, config)
+            train, validation = sources.carve(train, d, by="label")
         test = None
         if d.test_file:
             test = encode(*self._rows(d.test_file, d.test_split), d.test_file)
@@ -94,7 +91,7 @@ class SequenceClassification(Task):
         if d.validation_file or d.validation_split:
             validation = keep(read(d.validation_file or d.train_file, d.validation_split))
         else:
-            train, validation = sources.carve(train, config)
+            train, validation = sources.carve(train, d, by="label")
         test = keep(read(d.test_file, d.test_split)) if d.test_file else None
         return Datasets(train, validation, test, names, 0)
 
@@ -108,19 +105,11 @@ class SequenceClassification(Task):
         return {"exported": export_hf(trainer, workdir, variables,
                                       tuple(c for c in ("params", "batch_stats") if c in variables))}
 
-    def steps_per_epoch(self, split, batch_size: int) -> int:
-        return data.steps_per_epoch(split, batch_size)
-
-    def train_batches(self, split, start_step: int) -> Iterator[dict]:
-        c = self.config
-        return data.train_batches(split, c.train.batch_size, seed=c.seed, start_step=start_step,
-                                  pad_multiple=c.data.pad_multiple,
-                                  bucket_batches=c.data.bucket_batches, pad_id=self.pad_id)
-
     def eval_batches(self, split) -> Iterator[tuple[dict, dict]]:
         c = self.config
-        for batch in data.eval_batches(split, c.train.eval_batch_size,
-                                       pad_multiple=c.data.pad_multiple, pad_id=self.pad_id):
+        for batch, _ in batching.eval_batches(split, c.train.eval_batch_size,
+                                              pad_id=self.pad_id,
+                                              pad_multiple=c.data.pad_multiple):
             yield batch, {"labels": batch["labels"], "real": batch["weights"] > 0}
 
     @staticmethod

@@ -11,10 +11,9 @@ import numpy as np
 from absl import logging
 
 from lmx import metrics
-from lmx.data import sources, transforms as text_pipeline
+from lmx.data import sources, transforms
 from lmx.tasks.base import IGNORE, MASK_TOKENS, Datasets, Task, eval_token_batches, export_hf
 from lmx.tasks.classification import SequenceClassification
-from lmx.tasks.tokens import TokenClassification
 
 
 class CausalLM(Task):
@@ -30,8 +29,7 @@ class CausalLM(Task):
             valid_text = sources.read_corpus(d.validation_file or d.train_file,
                                              d.validation_split, d)
         else:
-            cut = int(len(text) * (1 - d.validation_fraction))
-            train_text, valid_text = text[:cut], text[cut:]
+            train_text, valid_text = sources.carve(text, d, by="tail")
         encode = lambda t: np.asarray(  # noqa: E731
             tokenizer.encode(t, add_special_tokens=False), np.int32)
         self.chars_per_token = len(valid_text) / max(len(encode(valid_text)), 1)
@@ -143,7 +141,7 @@ class MaskedLM(Task):
         if sources.separate_validation(d):
             valid = sources.corpus_lines(d.validation_file or d.train_file, d, d.validation_split)
         else:
-            lines, valid = sources.carve_rows(lines, d)
+            lines, valid = sources.carve(lines, d, by="row")
         self._tokenizer, self._tokenizer_dir = tokenizer, folder
         self._mask_id = next((i for i in map(tokenizer.token_to_id, MASK_TOKENS)
                               if i is not None), None)
@@ -155,23 +153,15 @@ class MaskedLM(Task):
 
     def _mask(self, example: dict) -> dict:
         t = self._tokenizer
-        return text_pipeline.mlm_mask(example, seed=self.config.seed, mask_id=self._mask_id,
+        return transforms.mlm_mask(example, seed=self.config.seed, mask_id=self._mask_id,
                                       vocab_size=t.vocab_size, special_ids=t.special_ids,
                                       rate=self.config.data.mlm_rate,
                                       split=tuple(self.config.data.mlm_split))
 
-    steps_per_epoch = TokenClassification.steps_per_epoch
-
     def train_batches(self, split, start_step: int) -> Iterator[dict]:
-        c = self.config
-        for batch in text_pipeline.token_batches(
-                split, c.train.batch_size, seed=c.seed, start_step=start_step,
-                pad_id=self.pad_id, pad_multiple=c.data.pad_multiple,
-                bucket_batches=c.data.bucket_batches, transform=self._mask):
+        for batch in self.bucketed_batches(split, start_step, transform=self._mask):
             # the vocabulary projection runs on the masked positions only (~15% of them)
-            yield text_pipeline.gather_targets(
-                {**batch, "token_types": np.zeros_like(batch["ids"])},
-                fraction=2 * c.data.mlm_rate)
+            yield transforms.gather_targets(batch, fraction=2 * self.config.data.mlm_rate)
 
     def eval_batches(self, split) -> Iterator[tuple[dict, dict]]:
         masked = [self._mask({**e, "index": i, "epoch": 0}) for i, e in enumerate(split)]

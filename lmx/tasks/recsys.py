@@ -34,12 +34,12 @@ import ml_collections
 import numpy as np
 
 from lmx import metrics
-from lmx.data import readers, transforms as text_pipeline
+from lmx.data import batching, readers, transforms
 from lmx.models import transformer
 from lmx.tasks import base as tasks
 
 PAD, MASK, FIRST_ITEM = 0, 1, 2
-IGNORE = text_pipeline.IGNORE
+IGNORE = transforms.IGNORE
 FORCE_LAST_RATE = 0.1  # BERT4Rec adds rows with only the last item masked
 RANKING_KS = (1, 10)
 
@@ -93,7 +93,7 @@ def mask_items(example: dict, *, seed: int, rate: float,
                force_last_rate: float = FORCE_LAST_RATE) -> dict:
     """Masked-item transform of `example["ids"]` (L,): each item becomes [MASK] with `rate`
     (a row with none picked gets one at random); with `force_last_rate` only the last item
-    is masked. Randomness from (seed, epoch, index), as `text_pipeline.mlm_mask`."""
+    is masked. Randomness from (seed, epoch, index), as `transforms.mlm_mask`."""
     ids_L = np.asarray(example["ids"])
     rng = np.random.default_rng([seed, int(example.get("epoch", 0)), int(example["index"])])
     if rng.random() < force_last_rate:
@@ -117,9 +117,9 @@ def left_pad(example: dict, width: int) -> dict:
 
 
 def _real_mask(batch: dict) -> dict:
-    """`pad_batch` marks the first L columns real; with left padding the real ones are the
-    non-pad ids."""
-    return {**batch, "mask": batch["ids"] != PAD, "token_types": np.zeros_like(batch["ids"])}
+    """`batching.pad_batch` marks the first L columns real; with left padding the real ones
+    are the non-pad ids."""
+    return {**batch, "mask": batch["ids"] != PAD}
 
 
 def exclude_seen(scores_NV: np.ndarray, rows: Sequence[dict]) -> np.ndarray:
@@ -198,26 +198,19 @@ class NextItem(tasks.Task):
         return tasks.Datasets(training_rows(self.train_items, d.max_length), validation, test,
                               [], PAD, vocab_size=len(self.movie_ids) + FIRST_ITEM)
 
-    def steps_per_epoch(self, split, batch_size: int) -> int:
-        return len(split) // batch_size
-
     def train_batches(self, split, start_step: int) -> Iterator[dict]:
         c = self.config
         mask = functools.partial(mask_items, seed=c.seed, rate=c.data.mlm_rate)
-        for batch in text_pipeline.token_batches(
-                split, c.train.batch_size, seed=c.seed, start_step=start_step, pad_id=PAD,
-                pad_multiple=c.data.pad_multiple, bucket_batches=c.data.bucket_batches,
-                transform=lambda e: left_pad(mask(e), self.width)):
+        for batch in self.bucketed_batches(split, start_step,
+                                           transform=lambda e: left_pad(mask(e), self.width)):
             yield _real_mask(batch)
 
     def eval_batches(self, split) -> Iterator[tuple[dict, dict]]:
         c = self.config
         rows = [left_pad(row, self.width) for row in split]
-        for batch in text_pipeline.eval_token_batches(rows, c.train.eval_batch_size,
-                                                      pad_id=PAD,
-                                                      pad_multiple=c.data.pad_multiple):
-            index = batch.pop("index")
-            yield _real_mask(batch), {"index": index}
+        for batch, index_B in batching.eval_batches(rows, c.train.eval_batch_size, pad_id=PAD,
+                                                    pad_multiple=c.data.pad_multiple):
+            yield _real_mask(batch), {"index": index_B}
 
     @staticmethod
     def outputs(logits_BTV: jax.Array, batch: dict) -> dict:

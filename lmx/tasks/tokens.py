@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
-
-import numpy as np
 
 from lmx import metrics
-from lmx.data import examples as data, readers, sources, transforms as text_pipeline
-from lmx.tasks.base import IGNORE, Datasets, Task, eval_token_batches
+from lmx.data import readers, sources, transforms
+from lmx.tasks.base import IGNORE, Datasets, Task
 from lmx.tasks.classification import SequenceClassification
 
 
@@ -28,31 +25,17 @@ class TokenClassification(Task):
 
         train = read(d.train_file, d.train_split)
         tags = sorted({t for s in train for t in s["tags"]} - {"O"})
-        names = (data.read_label_names(d.labels_file) if d.labels_file else ["O"] + tags)
-        align = text_pipeline.align_labels(tokenizer, label_names=names, max_length=d.max_length)
+        names = (readers.read_label_names(d.labels_file) if d.labels_file else ["O"] + tags)
+        align = transforms.align_labels(tokenizer, label_names=names, max_length=d.max_length)
         encode = lambda sentences: [align(s) for s in sentences]  # noqa: E731
         if sources.separate_validation(d):
             validation = encode(read(d.validation_file or d.train_file, d.validation_split))
             train = encode(train)
         else:
-            train, validation = sources.carve_rows(train, d)
+            train, validation = sources.carve(train, d, by="row")
             train, validation = encode(train), encode(validation)
         test = encode(read(d.test_file, d.test_split)) if d.test_file else None
         return Datasets(train, validation, test, names, tokenizer.pad_id, tokenizer=tokenizer)
-
-    def steps_per_epoch(self, split, batch_size: int) -> int:
-        return len(split) // batch_size
-
-    def train_batches(self, split, start_step: int) -> Iterator[dict]:
-        c = self.config
-        for batch in text_pipeline.token_batches(
-                split, c.train.batch_size, seed=c.seed, start_step=start_step,
-                pad_id=self.pad_id, pad_multiple=c.data.pad_multiple,
-                bucket_batches=c.data.bucket_batches):
-            yield {**batch, "token_types": np.zeros_like(batch["ids"])}
-
-    def eval_batches(self, split) -> Iterator[tuple[dict, dict]]:
-        return eval_token_batches(self, split)
 
     outputs = staticmethod(SequenceClassification.outputs)
 
