@@ -1,29 +1,26 @@
 """lmx's side of the bench: raw train steps, the end-to-end BANKING77 run, compile time.
 
-Built from lmx's public pieces (`models.create`, `optim`, `train.train_step`, `loop.Trainer`)
-because lmx does not expose its compiled train step for cost / memory analysis.
+Built from lmx's public pieces (`build.build`, `Built.jit_train_step`, `loop.Trainer`): the
+same builder the launcher uses, so the bench times what a run runs.
 """
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from bench import measure
 from bench.workloads import Suite, Workload
 from experiments import banking77_lora
-from lmx import config as config_lib, peft as peft_lib
+from lmx import config as config_lib
 from lmx.models import transformer
 from lmx.scale import sharding
-from lmx.train import build as models, loop, optim
-from lmx.train.step import TRAINABLE_COLLECTIONS, TrainState, split, train_step
+from lmx.train import build, loop, optim
 
 
 def _config(w: Workload, suite: Suite, method: str, dtype: str, model_dir: str):
@@ -37,23 +34,6 @@ def _config(w: Workload, suite: Suite, method: str, dtype: str, model_dir: str):
                              suite.learning_rate_full)
     c.train.warmup_fraction = suite.warmup_fraction
     return c
-
-
-def _state(module, variables, config, total_steps: int, abstract: bool = False):
-    """(jitted step, state, frozen, labels): what `loop.Trainer` builds, without its data."""
-    learnable = {k: v for k, v in variables.items() if k in TRAINABLE_COLLECTIONS}
-    labels = optim.trainable_labels(learnable, peft_lib.trainable_patterns(config.peft),
-                                    what="config.peft.trainable")
-    tx = optim.make_optimizer(config.train, labels, total_steps)
-    trainable, frozen = split(learnable, labels)
-    opt_state = jax.eval_shape(tx.init, learnable) if abstract else jax.jit(tx.init)(learnable)
-    step = (jax.ShapeDtypeStruct((), jnp.int32) if abstract else jnp.zeros((), jnp.int32))
-    rng = jax.eval_shape(jax.random.key, 0) if abstract else jax.random.key(1)
-    state = TrainState(step=step, trainable=trainable, opt_state=opt_state,
-                       model_state={k: v for k, v in variables.items()
-                                    if k not in TRAINABLE_COLLECTIONS}, rng=rng)
-    jitted = jax.jit(functools.partial(train_step, model=module, tx=tx), donate_argnums=(0,))
-    return jitted, state, frozen
 
 
 def _saved_bytes(tree) -> int:
@@ -71,11 +51,12 @@ def raw_step(w: Workload, suite: Suite, method: str, dtype: str, model_dir: str,
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     rules = sharding.rules_for(config.sharding)
     with measure.PeakRss() as rss, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        model = models.create(config, w.num_labels, mesh, rules, jax.random.key(0))
-        jitted, state, frozen = _state(model.module, model.variables, config, total_steps=1000)
+        built = build.build(config, w.num_labels, mesh=mesh, rules=rules, total_steps=1000)
+        state, frozen = built.state, built.frozen
         device_batch = jax.device_put(batch)
         start = time.perf_counter()
-        compiled = jitted.lower(state, frozen, device_batch).compile()
+        compiled = built.jit_train_step(out_shardings=False).lower(
+            state, frozen, device_batch).compile()
         compile_s = time.perf_counter() - start
         holder = [state]
 
@@ -88,8 +69,8 @@ def raw_step(w: Workload, suite: Suite, method: str, dtype: str, model_dir: str,
     freeze_state = state.opt_state.inner_states.get(optim.FREEZE)
     return {"side": "lmx", "dtype": dtype, "compile_s": compile_s, **timing,
             **measure.xla_stats(compiled), **rss.result(),
-            "trainable_params": models.count(state.trainable),
-            "total_params": models.count(state.trainable) + models.count(frozen),
+            "trainable_params": build.count(state.trainable),
+            "total_params": build.count(state.trainable) + build.count(frozen),
             "optimizer_state_bytes": measure.tree_bytes(state.opt_state),
             "frozen_optimizer_state_bytes": measure.tree_bytes(freeze_state),
             "saved_trainable_bytes": _saved_bytes(state.trainable)}
@@ -98,17 +79,17 @@ def raw_step(w: Workload, suite: Suite, method: str, dtype: str, model_dir: str,
 def compile_seconds(size: str, num_layers: int, scan: bool,
                     batch: dict[str, np.ndarray]) -> dict:
     """Lower + compile time of a full fine-tuning step (abstract shapes: no weights built)."""
-    cfg = transformer.size(size, num_layers=num_layers, scan_layers=scan)
-    module = transformer.Transformer(cfg, task="sequence_classification", num_labels=77)
     config = config_lib.base_config()
-    config.peft.method = "full"
-    ids = jnp.zeros((1, 8), jnp.int32)
-    variables = jax.eval_shape(lambda k: nn.unbox(module.init({"params": k, "dropout": k}, ids)),
-                               jax.random.key(0))
-    jitted, state, frozen = _state(module, dict(variables), config, 1000, abstract=True)
+    config.model.size, config.model.scan_layers, config.peft.method = size, scan, "full"
+    if transformer.SIZES[size].num_layers != num_layers:
+        raise ValueError(f"{size} has {transformer.SIZES[size].num_layers} layers, not "
+                         f"{num_layers}")
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    built = build.build(config, 77, mesh=mesh, rules=sharding.rules_for(config.sharding),
+                        abstract=True)
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
     start = time.perf_counter()
-    jitted.lower(state, frozen, shapes).compile()
+    built.jit_train_step(out_shardings=False).lower(built.state, built.frozen, shapes).compile()
     return {"size": size, "num_layers": num_layers, "scan_layers": scan,
             "compile_s": time.perf_counter() - start}
 

@@ -11,7 +11,7 @@ the step directory, so a step without it never committed. `restore` verifies it 
 a damaged step (truncated, missing or flipped bytes) with a warning naming it.
 
 The data position needs no item of its own: the batch order is a pure function of
-(seed, step) (`data.train_batches`), so the restored step is the iterator position.
+(seed, step) (`lmx.data.batching.train_batches`), so the restored step is the iterator position.
 """
 from __future__ import annotations
 
