@@ -156,7 +156,8 @@ def test_ratings_arrays_and_errors(tmp_path):
     for text, line, what in (("userId,movieId,rating,timestamp\n1,2,3.0,4\n1,2,x,4\n", 3, "expected"),
                              ("userId,movieId,rating,timestamp\n1,2,3.0\n", 2, "3 fields"),
                              ("userId,movieId,rating,timestamp\n1,2,7.5,4\n", 2, "outside"),
-                             ("user,movie,rating,ts\n1,2,3.0,4\n", 1, "expected header")):
+                             ("user,movie,rating,ts\n1,2,3.0,4\n", 1, "expected header"),
+                             ('"', 1, "malformed CSV")):  # an unclosed quote (found by fuzzing)
         with pytest.raises(ValueError, match=rf"s\.csv:{line}: .*{what}"):
             readers.read_ratings(_write(tmp_path, "s.csv", text))
 

@@ -283,10 +283,14 @@ def read_ratings(path: str) -> dict[str, np.ndarray]:
     columns: list[list] = [[], [], [], []]
     with io.StringIO(_decode(path, "utf-8"), newline="") as f:
         reader = csv.reader(f, strict=True)
-        header = tuple(next(reader, ()))
+        try:
+            rows = list(reader)
+        except csv.Error as e:  # e.g. an unclosed quote
+            raise _fail(path, reader.line_num, f"malformed CSV: {e}") from None
+        header = tuple(rows[0]) if rows else ()
         if header != RATINGS_HEADER:
             raise _fail(path, 1, f"expected header {','.join(RATINGS_HEADER)}, got {header}")
-        for row in reader:
+        for line, row in enumerate(rows[1:], start=2):
             try:
                 if len(row) != 4:
                     raise ValueError(f"{len(row)} fields")
@@ -294,7 +298,7 @@ def read_ratings(path: str) -> dict[str, np.ndarray]:
                 if not 0.0 <= rating <= 5.0:
                     raise ValueError(f"rating {rating} outside [0, 5]")
             except ValueError as e:
-                raise _fail(path, reader.line_num, "expected userId,movieId,rating,timestamp "
+                raise _fail(path, line, "expected userId,movieId,rating,timestamp "
                             f"(int,int,float,int), got {','.join(row)!r}: {e}") from None
             for column, value in zip(columns, (user, item, rating, stamp)):
                 column.append(value)

@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lmx import config as config_lib, peft as peft_lib
+from lmx.data import batching
 from lmx.explain import target
 from lmx.models import families
 from lmx.scale import sharding
@@ -139,7 +140,8 @@ def validation_inputs(trainer, num_examples: int) -> dict[str, Any]:
     """The first `num_examples` validation examples as one padded batch (or images)."""
     examples = trainer.datasets["validation"]
     index = np.arange(min(num_examples, len(examples)))
-    batch = examples.batch(index, len(index), 1, trainer.datasets["pad_id"])
+    batch = batching.pad_batch([examples[int(i)] for i in index], len(index),
+                               pad_id=trainer.datasets["pad_id"], pad_multiple=1)
     if "images" in batch:
         return batch
     vocabulary = target.read_vocabulary(trainer.model.pretrained_dir) if (
