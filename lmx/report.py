@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tensorboardX import SummaryWriter  # noqa: E402
 
+from lmx import provenance  # noqa: E402
+
 
 class MetricWriter:
     """Appends `{"step": s, "split": ..., name: value}` lines and mirrors them to TensorBoard."""
@@ -97,7 +99,7 @@ def hardware() -> str:
 
 # The results table: `python -m lmx.report --workdir RUN [--workdir RUN ...] [--out FILE.md]`.
 TABLE_COLUMNS = ("task", "method", "trainable %", "metric", "adapter bytes", "wall time",
-                 "hardware")
+                 "hardware", "produced by")
 
 
 def human_bytes(n: float) -> str:
@@ -167,6 +169,7 @@ def table_row(run_dir: str) -> dict[str, str]:
         "wall time": ("?" if results.get("train_seconds") is None
                       else human_seconds(results["train_seconds"])),
         "hardware": str(results.get("hardware") or "?"),
+        "produced by": provenance.summary(results.get("provenance")),
     }
 
 

@@ -10,7 +10,7 @@ LMX = pathlib.Path(__file__).resolve().parent.parent / "lmx"
 # Low to high. A module may import modules of its own layer or below, never above.
 # (The README's "Architecture" section states the same order.)
 LAYERS = (
-    ("core", ("lmx.paths", "lmx.metrics", "lmx.report", "lmx.scale.sharding",
+    ("core", ("lmx.paths", "lmx.metrics", "lmx.report", "lmx.provenance", "lmx.scale.sharding",
               "lmx.scale.distributed")),
     ("peft", ("lmx.peft",)),
     ("models", ("lmx.models",)),

@@ -32,7 +32,8 @@ def test_setup_ships_this_checkout_to_every_worker():
     assert scp == TPU + ["scp", "/tmp/lmx.tar.gz", "lmx-pod:~/lmx.tar.gz", "--worker=all",
                          "--zone=us-central2-b", "--project=proj"]
     assert install[:9] == TPU + ["ssh", *WHERE, "--worker=all"]
-    assert "pip install -q -e . 'jax[tpu]==0.10.2'" in install[9]
+    # the README's TPU VM install: the locked versions plus the [tpu] extra (jax[tpu], libtpu)
+    assert "pip install -q -c requirements/lock.txt -e '.[tpu]' -f " in install[9]
     assert mount[8:] == ["--worker=all", "--command=mkdir -p ~/bucket && (mountpoint -q "
                          "~/bucket || gcsfuse --implicit-dirs my-bucket ~/bucket)"]
 

@@ -20,7 +20,6 @@ import shlex
 import subprocess
 import sys
 
-JAX_TPU = "jax[tpu]==0.10.2"
 LIBTPU_INDEX = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 ARCHIVE = "/tmp/lmx.tar.gz"
 LOG = "~/lmx-run.log"
@@ -44,8 +43,8 @@ def create(args) -> list[list[str]]:
 def setup(args) -> list[list[str]]:
     """Ships this checkout (git archive of HEAD) to every worker and installs it."""
     install = ("mkdir -p ~/lmx && tar -xzf ~/lmx.tar.gz -C ~/lmx && cd ~/lmx && "
-               "python3 -m venv .venv && .venv/bin/pip install -q -e . "
-               f"'{JAX_TPU}' -f {LIBTPU_INDEX}")
+               "python3 -m venv .venv && .venv/bin/pip install -q -c requirements/lock.txt "
+               f"-e '.[tpu]' -f {LIBTPU_INDEX}")
     commands = [["git", "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"],
                 ["gcloud", "compute", "tpus", "tpu-vm", "scp", ARCHIVE,
                  f"{args.name}:~/lmx.tar.gz", "--worker=all", f"--zone={args.zone}",

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm.auto import tqdm
 
-from lmx import config as config_lib, report, tasks
+from lmx import config as config_lib, provenance, report, tasks
 from lmx.scale import distributed, sharding
 from lmx.train import build, checkpoint
 from lmx.train.step import (
@@ -333,6 +333,7 @@ def _finish(trainer: Trainer, writer: report.MetricWriter, workdir: str, start: 
         headline={"name": trainer.task.headline(),
                   "value": results["validation"][trainer.task.headline()]},
         hardware=report.hardware(),
+        provenance=provenance.provenance(),  # commit, versions, lock hash, devices, command
     )
     results.update(trainer.task.finish(trainer, workdir))
     if trainer.config.explain.num_examples:  # the explanation report (lmx.explain)

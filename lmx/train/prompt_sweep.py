@@ -28,7 +28,7 @@ import optax
 from flax import traverse_util
 from tqdm.auto import tqdm
 
-from lmx import config as config_lib, peft as peft_lib, report
+from lmx import config as config_lib, peft as peft_lib, provenance, report
 from lmx.data import examples
 from lmx.tasks import prompting
 from lmx.train import optim
@@ -177,7 +177,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "task": "cloze", "model": config.model.pretrained, "head": model.head,
         "template": config.prompt.template, "content_free": list(config.prompt.content_free),
         "eval_file": config.data.validation_file, "eval_examples": len(eval_texts),
-        "method": config.peft.method, "hardware": report.hardware()}
+        "method": config.peft.method, "hardware": report.hardware(),
+        "provenance": provenance.provenance()}
     spec = config.prompt.verbalizer
     if config.prompt.verbalizer_candidates:
         results["verbalizer_selection"] = prompting.select_verbalizer(model, config, train_texts,
