@@ -5,7 +5,7 @@ A download is fetched to a temporary file, refused on a checksum mismatch, extra
 temporary folder and only then renamed to CACHE/NAME, so a failed fetch leaves no half-written
 cache. `python -m lmx.data fetch NAME` runs it by hand; a config file "fetch:NAME/FILE"
 (lmx.data.sources.local_file) runs it on first use. Nothing here is shipped in the repository:
-these licences forbid redistribution or commercial use.
+their licences restrict use (CC BY-NC-SA: non-commercial, share-alike), so users fetch them.
 """
 from __future__ import annotations
 
