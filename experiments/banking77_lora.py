@@ -5,6 +5,8 @@ Command (README default):
 Variants through the arg string (comma separated): `runlocal` (about a minute on a CPU),
 a PEFT method (`full`, `bitfit`, `houlsby`, `pfeiffer`, `prompt`; default `lora`).
 Evaluate on the official test split: `--config.data.test_file=PATH/test.csv`.
+Data: BANKING77 (Casanueva et al. 2020, PolyAI-LDN/task-specific-datasets; CC BY 4.0, which
+allows redistribution): shipped with lmx in data/banking77 (train.csv, categories.json, LICENSE).
 
 Hardware: 2-core CPU (no GPU). Wall time and metrics: see the README results table
 (measured, with the command that reproduced them).

@@ -13,7 +13,9 @@ the model is BERT-mini (4 layers, 256 wide, Turc et al. 2019) with 15% of the to
 (`data.mlm_split = (0.8, 0.0)`; variant `bert_split` restores BERT's 80/10/10). At the end
 the encoder is exported as a HF BERT folder with the tokenizer (WORKDIR/hf), which
 `config.model.pretrained` reads like any checkpoint.
-Variant `runlocal`: a few steps. Data: ../shared/data/sst2 (not shipped with lmx).
+Variant `runlocal`: a few steps. Data: SST-2's train split (GLUE; Socher et al. 2013; no
+licence stated, research use; not shipped with lmx): ../shared/data/sst2/train.tsv when
+present, else tfds:glue/sst2 (split train; lmx.data.catalog).
 No dropout in pre-training (a short budget: Geiping & Goldstein 2022, "Cramming").
 Why no random replacement: with 80/10/10 a visible token is a random one as often as a kept
 one among the scored positions, so this little model learns to distrust what it sees;
@@ -29,12 +31,8 @@ dev, seeds 0 / 1 / 2) went from clearly below random init with 80/10/10 (0.676 v
 lr 3e-4, 0.757 +- 0.022 vs 0.760 +- 0.007 at 1e-3. A tie, not a win: see the README.
 The vocabulary projection runs on the picked positions only (lmx.data.transforms.gather_targets).
 """
-import os
-
 from lmx.config import base_config
-
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                    "sst2")
+from lmx.data import catalog
 
 
 def get_config(arg: str = ""):
@@ -43,8 +41,8 @@ def get_config(arg: str = ""):
     c.model.family, c.model.size, c.model.task = "transformer", "bert-mini", "mlm"
     c.peft.method = "full"
     c.data.kind = "text"
-    c.data.train_file = os.path.join(DATA, "train.tsv")
-    c.data.text_column, c.data.label_column = "sentence", "label"
+    c.data.update(catalog.data("sst2"))
+    c.data.validation_file = c.data.validation_split = ""  # the train split only: carved
     c.data.validation_fraction = 0.02
     c.data.tokenizer_vocab_size = 8000
     c.data.max_length = 64

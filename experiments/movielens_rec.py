@@ -4,9 +4,11 @@ Command:
   python -m lmx.main --config experiments/movielens_rec.py --workdir runs/movielens_rec
 Variant `runlocal`: 10 steps (30 s on the CPU below; the numbers mean nothing).
 
-Data: ratings.csv of ml-latest-small (GroupLens; 610 users, 9,724 movies, 100,836 ratings),
-read from ../shared/data/movielens_ml_latest_small/ next to the repository (not shipped with
-lmx; config validation names the path when it is missing). Elsewhere:
+Data: ratings.csv of ml-latest-small (GroupLens, Harper & Konstan 2015; 610 users, 9,724
+movies, 100,836 ratings; GroupLens' usage licence: research use, no commercial use, cite the
+paper; not shipped with lmx): ../shared/data/movielens_ml_latest_small/ratings.csv when
+present, else tfds:movielens/latest-small-ratings (its records mapped to the same columns
+and put in ratings.csv's order; lmx.data.catalog). Elsewhere:
 `--config.data.train_file=PATH/ratings.csv`.
 
 Protocol (lmx/tasks/recsys.py): leave-one-out (last rating = test, second to last = validation),
@@ -27,12 +29,8 @@ gave the same numbers.
 Validation HR@10 per epoch stays at the popularity level for ~8 epochs, then climbs to
 0.06-0.075 (epochs 11-20).
 """
-import os
-
 from lmx.config import base_config
-
-RATINGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                       "movielens_ml_latest_small", "ratings.csv")
+from lmx.data import catalog
 
 
 def get_config(arg: str = ""):
@@ -48,7 +46,7 @@ def get_config(arg: str = ""):
     c.peft.method = "full"
 
     c.data.kind = "movielens"
-    c.data.train_file = os.path.normpath(RATINGS)
+    c.data.update(catalog.data("movielens"))
     # Rows of 20 items (BERT4Rec used 200 on ML-1M): every training rating still lands in
     # one row per epoch (chunks), and the next item depends mostly on the last few ratings.
     c.data.max_length = 20

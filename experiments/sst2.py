@@ -14,17 +14,20 @@ experiments/mlm_pretrain.py (`--config.model.pretrained=runs/mlm_pretrain/hf`), 
 labelled and compute budget; `--config.data.max_train_examples=N` fixes the labelled set to
 the first N phrases instead); `runlocal`.
 Validation is the dev split (872 sentences); GLUE's test labels are not public.
-Data: ../shared/data/sst2 (not shipped with lmx). Hardware: 2-core CPU (no GPU).
+Data: SST-2 as GLUE distributes it (Socher et al. 2013; Wang et al. 2019; no licence stated
+by the SST authors, research use; not shipped with lmx): ../shared/data/sst2/{train,dev}.tsv
+when present, else tfds:glue/sst2 (train / validation splits, same "0" / "1" labels;
+lmx.data.catalog). Hardware: 2-core CPU (no GPU).
 Wall time and accuracy: see the README results table. Zero- / few-shot cloze prompting:
 experiments/prompt_sst2.py.
 """
 import os
 
 from lmx.config import base_config
+from lmx.data import catalog
 from lmx.peft import ALL_LINEAR
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-DATA = os.path.join(REPO, "..", "shared", "data", "sst2")
 METHODS = ("lora", "full", "houlsby", "bitfit", "pfeiffer", "prompt", "prefix", "ia3")
 
 
@@ -36,9 +39,7 @@ def get_config(arg: str = ""):
     c.peft.method = "lora"
     c.peft.lora.targets = ALL_LINEAR
     c.data.kind = "csv_classification"
-    c.data.train_file = os.path.join(DATA, "train.tsv")
-    c.data.validation_file = os.path.join(DATA, "dev.tsv")
-    c.data.text_column, c.data.label_column = "sentence", "label"
+    c.data.update(catalog.data("sst2"))
     c.data.max_length = 64
     c.train.batch_size = 32
     c.train.num_epochs = 1

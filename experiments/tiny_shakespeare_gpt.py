@@ -10,12 +10,15 @@ metric is validation loss in nats per character (= per token here); a 300-charac
 (temperature 0.8, top-k 40) is printed and written to WORKDIR/sample.txt at the end.
 The run exports the decoder as a HF GPT-2 folder with its character vocabulary
 (runs/shakespeare_gpt/hf), which variant `adapt` LoRA-adapts (r=8 on every linear layer) to
-another domain, SST-2's movie-review sentences (../shared/data/sst2, text column only; the 0.3%
+another domain, SST-2's movie-review sentences (text only, data as experiments/sst2.py; the 0.3%
 of characters outside Shakespeare's 65, mostly digits, become "$", a count the run logs):
   python -m lmx.main --config experiments/tiny_shakespeare_gpt.py:adapt --workdir runs/shakespeare_sst2_lora
   (`adapt,full`: full fine-tuning instead; the pre-trained model alone on the same
   validation text: add `--config.train.learning_rate=0 --config.train.num_steps=1`)
-Variant `runlocal`: a few steps. Data: ../shared/data/tiny_shakespeare (public-domain text).
+Variant `runlocal`: a few steps. Data: char-rnn's tiny-shakespeare input.txt (Karpathy 2015;
+public-domain text, MIT-licensed repository): ../shared/data/tiny_shakespeare/input.txt when
+present, else tfds:tiny_shakespeare, its train+validation+test splits read as one text (the
+same 1,115,394 characters; lmx.data.catalog), carved 90 / 10 the same way.
 Measured (2-core CPU, no GPU): validation 1.610 nats/char (2.322 bits/char) at step 1,000,
 26 min 27 s wall including start-up and four evaluations (1,493 s of training, 1.49 s/step);
 2.041 / 1.798 / 1.660 at steps 250 / 500 / 750. The sample reads like the corpus' layout
@@ -24,11 +27,10 @@ Measured (2-core CPU, no GPU): validation 1.610 nats/char (2.322 bits/char) at s
 import os
 
 from lmx.config import base_config
+from lmx.data import catalog
 from lmx.peft import ALL_LINEAR
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-DATA = os.path.join(REPO, "..", "shared", "data", "tiny_shakespeare")
-SST2 = os.path.join(REPO, "..", "shared", "data", "sst2")
 
 
 def get_config(arg: str = ""):
@@ -39,7 +41,7 @@ def get_config(arg: str = ""):
     c.peft.method = "full"
     c.data.kind = "text"
     c.data.tokenizer = "char"
-    c.data.train_file = os.path.join(DATA, "input.txt")
+    c.data.update(catalog.data("tiny_shakespeare"))
     c.data.validation_fraction = 0.1
     c.data.max_length = 128
     c.data.sample_tokens = 300
@@ -62,9 +64,8 @@ def get_config(arg: str = ""):
         elif a == "adapt":
             c.model.pretrained = os.path.join(REPO, "runs", "shakespeare_gpt", "hf")
             c.data.tokenizer, c.data.unknown_char = "", "$"
-            c.data.train_file = os.path.join(SST2, "train.tsv")
-            c.data.validation_file = os.path.join(SST2, "dev.tsv")
-            c.data.text_column, c.data.label_column = "sentence", "label"
+            c.data.train_split = "train"  # (the tfds fallback above read three splits)
+            c.data.update(catalog.data("sst2"))
             c.peft.method, c.peft.lora.targets = "lora", ALL_LINEAR
             c.train.num_steps, c.train.eval_every, c.train.checkpoint_every = 300, 100, 100
             c.train.learning_rate = 2e-3

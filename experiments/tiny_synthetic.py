@@ -2,7 +2,8 @@
 
 Command: python -m lmx.main --config experiments/tiny_synthetic.py:runlocal --workdir /tmp/tiny
 Args: `runlocal`, and one PEFT method (`lora` default, `full`, `bitfit`, `houlsby`,
-`pfeiffer`, `prompt`, `prefix`, `ia3`). Hardware: CPU; seconds.
+`pfeiffer`, `prompt`, `prefix`, `ia3`). Hardware: CPU; seconds. Data: random token ids drawn
+in code (lmx.data.examples.synthetic), no source, no licence.
 """
 from lmx.config import base_config
 

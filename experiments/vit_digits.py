@@ -1,5 +1,6 @@
 """A Vision Transformer from the launcher: ViT-tiny trained from scratch on scikit-learn's
-bundled handwritten digits (UCI, 1,797 8x8 images upscaled to 32x32, 10 classes; no download).
+bundled handwritten digits (UCI, 1,797 8x8 images upscaled to 32x32, 10 classes; BSD-3 as
+part of scikit-learn; no download).
 
 Command:
   python -m lmx.main --config experiments/vit_digits.py --workdir runs/vit_digits

@@ -48,7 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
         # corpus) | "movielens" (ratings.csv) | "images" (tfds:cifar10) | "digits" |
         # "synthetic" (tests). A file may be "tfds:NAME" (a tfds catalog dataset mapped by
         # lmx.data.tfds_sources, e.g. tfds:glue/sst2, tfds:conll2003, tfds:tiny_shakespeare); its
-        # split is data.train_split / validation_split / test_split.
+        # split is data.train_split / validation_split / test_split. Or "fetch:NAME/FILE": FILE
+        # of a public download lmx.data.fetch fetches, checks by sha256 and caches on first use.
         kind="csv_classification",
         tfds_dir="",  # tfds data_dir ("" = tfds' default, ~/tensorflow_datasets)
         train_file="",
@@ -234,6 +235,13 @@ def _value_errors(flat: dict) -> list[str]:
                     "data.labels_file"):
             if flat[key].startswith("tfds:") and key != "data.labels_file":
                 continue  # a tfds catalog name: lmx.data.tfds_sources checks it when loading
+            if flat[key].startswith("fetch:"):  # a checksummed download (lmx.data.fetch)
+                from lmx.data import fetch  # noqa: PLC0415
+                name = flat[key][len("fetch:"):].partition("/")[0]
+                if name not in fetch.DOWNLOADS:
+                    errors.append(f"config.{key}={flat[key]!r}: lmx.data.fetch knows "
+                                  f"{sorted(fetch.DOWNLOADS)}, not {name!r}")
+                continue
             if (flat[key] or key == "data.train_file") and not os.path.isfile(flat[key]):
                 errors.append(f"config.{key}={flat[key]!r}: no such file")
         if flat["data.kind"] == "images" and not flat["data.train_file"].startswith("tfds:"):

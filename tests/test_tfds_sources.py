@@ -16,6 +16,7 @@ EXPECTED_KEYS = {
     "cifar10": {"image", "label"},
     "tiny_shakespeare": {"text"},
     "lm1b": {"text"},
+    "clinc_oos": {"text", "label"},
 }
 
 
@@ -65,6 +66,14 @@ def test_conll2003_random_mock_lengths_are_checked():
     with tfds.testing.mock_data(num_examples=1, as_data_source_fn=lambda self, split, **k: bad):
         source = tfds_sources.load("conll2003", "train")
         with pytest.raises(ValueError, match=r"conll2003\[train\]\[0\]: 2 tokens but 1 ner"):
+            source[0]
+
+
+def test_movielens_ids_must_be_integers():
+    """tfds keeps MovieLens' ids as strings; the random mock's are not numbers."""
+    with tfds.testing.mock_data(num_examples=1):
+        source = tfds_sources.load("movielens/latest-small-ratings", "train")
+        with pytest.raises(ValueError, match=r"\[train\]\[0\]: expected integer user_id"):
             source[0]
 
 

@@ -1,5 +1,6 @@
-"""Where a task's examples come from: files or tfds catalog datasets ("tfds:NAME"), the
-tokenizer a task uses, and the one carver of fixed validation splits out of a training set."""
+"""Where a task's examples come from: files, tfds catalog datasets ("tfds:NAME") or checksummed
+downloads ("fetch:NAME/FILE", lmx.data.fetch), the tokenizer a task uses, and the one carver of
+fixed validation splits out of a training set."""
 from __future__ import annotations
 
 import os
@@ -52,6 +53,17 @@ def tokenizer_for(config: ml_collections.ConfigDict, workdir: str):
 
 
 TFDS = "tfds:"
+FETCH = "fetch:"
+
+
+def local_file(path: str) -> str:
+    """A file to open: "fetch:NAME/FILE" is FILE inside download NAME (lmx.data.fetch: fetched,
+    checked against its sha256 and cached on first use); any other path is itself."""
+    if not path.startswith(FETCH):
+        return path
+    from lmx.data import fetch  # noqa: PLC0415
+    name, _, inner = path[len(FETCH):].partition("/")
+    return os.path.join(fetch.fetch(name), inner)
 
 
 def tfds_records(path: str, split: str, d: ml_collections.ConfigDict) -> list[dict]:
@@ -62,11 +74,28 @@ def tfds_records(path: str, split: str, d: ml_collections.ConfigDict) -> list[di
     return tfds_sources.load(path[len(TFDS):], split, data_dir=d.tfds_dir or None).records()
 
 
+def read_ratings(path: str, split: str, d: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """A ratings table (readers.read_ratings' columns): ratings.csv, or a tfds ratings split
+    put in ratings.csv's order (by user, then movie; tfds shuffles its records)."""
+    if not path.startswith(TFDS):
+        return readers.read_ratings(local_file(path))
+    rows = tfds_records(path, split, d)
+    if not rows:
+        raise ValueError(f"{path}[{split}]: no ratings")
+    rows.sort(key=lambda r: (r["user_id"], r["item_id"], r["timestamp"]))
+    dtypes = {"user_id": np.int64, "item_id": np.int64, "rating": np.float32,
+              "timestamp": np.int64}
+    return {k: np.asarray([r[k] for r in rows], dtype) for k, dtype in dtypes.items()}
+
+
 def read_corpus(path: str, split: str, d: ml_collections.ConfigDict) -> str:
     """A raw text file's text, or the texts of a tfds split / the text column of a CSV or TSV
-    file joined by newlines."""
+    file joined by newlines (a tfds dataset of whole texts: joined with nothing between)."""
     if path.startswith(TFDS):
-        return "\n".join(r["text"] for r in tfds_records(path, split, d))
+        from lmx.data import tfds_sources  # noqa: PLC0415
+        joiner = "" if path[len(TFDS):] in tfds_sources.WHOLE_TEXTS else "\n"
+        return joiner.join(r["text"] for r in tfds_records(path, split, d))
+    path = local_file(path)
     if path.endswith((".csv", ".tsv")):
         return "\n".join(corpus_lines(path, d)) + "\n"
     return readers.read_text(path)
@@ -76,6 +105,7 @@ def corpus_lines(path: str, d: ml_collections.ConfigDict, split: str = "train") 
     """Non-empty lines of a raw text file (or tfds texts), or the text column of a CSV / TSV."""
     if path.startswith(TFDS):
         return [line for line in read_corpus(path, split, d).splitlines() if line.strip()]
+    path = local_file(path)
     if path.endswith((".csv", ".tsv")):
         return [r["text"] for r in readers.read_delimited(path, d.text_column, d.label_column)]
     return [line for line in readers.read_text(path).splitlines() if line.strip()]

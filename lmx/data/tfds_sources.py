@@ -7,8 +7,13 @@ Records are mapped lazily, one index at a time:
   glue/sst2          {"text", "label"}   label "0" / "1" as in GLUE's TSV ("-1" on test)
   imdb_reviews       {"text", "label"}   label "neg" / "pos" (tfds' class names)
   cifar10            {"image": uint8 (32, 32, 3), "label": int}
-  tiny_shakespeare   {"text"}            one record per split (the whole text)
+  tiny_shakespeare   {"text"}            one record per split (the whole text; WHOLE_TEXTS)
   lm1b               {"text"}            one sentence per record
+  clinc_oos          {"text", "label"}   label = intent_name: CLINC150's intent, "oos" on the
+                                         *_oos splits (intent 150), as readers.read_clinc150
+  movielens/latest-small-ratings  {"user_id", "item_id", "timestamp": int, "rating": float}
+                                         one rating per record (readers.read_ratings' columns)
+A split may join several with "+" (tfds' split syntax, read in order): "train+train_oos".
 """
 from __future__ import annotations
 
@@ -54,6 +59,21 @@ def _plain_text(example: dict, features, where: str) -> Record:
     return {"text": _text(example["text"])}
 
 
+def _clinc(example: dict, features, where: str) -> Record:
+    return {"text": _text(example["text"]), "label": _text(example["intent_name"])}
+
+
+def _rating(example: dict, features, where: str) -> Record:
+    try:  # tfds keeps MovieLens' ids as strings
+        user, item = int(_text(example["user_id"])), int(_text(example["movie_id"]))
+    except ValueError:
+        raise ValueError(f"{where}: expected integer user_id / movie_id, got "
+                         f"{_text(example['user_id'])!r} / {_text(example['movie_id'])!r}"
+                         ) from None
+    return {"user_id": user, "item_id": item, "rating": float(example["user_rating"]),
+            "timestamp": int(example["timestamp"])}
+
+
 # name -> (tfds module whose import registers the builder, or None; record mapping)
 CATALOG: dict[str, tuple[str | None, Callable[[dict, Any, str], Record]]] = {
     "conll2003": ("tensorflow_datasets.text", _conll),
@@ -62,7 +82,12 @@ CATALOG: dict[str, tuple[str | None, Callable[[dict, Any, str], Record]]] = {
     "cifar10": (None, _image),
     "tiny_shakespeare": (None, _plain_text),
     "lm1b": (None, _plain_text),
+    "clinc_oos": ("tensorflow_datasets.text", _clinc),
+    "movielens/latest-small-ratings": ("tensorflow_datasets.structured", _rating),
 }
+# One record per split holding a whole text: a multi-split read joins them with nothing
+# between (tiny_shakespeare "train+validation+test" is char-rnn's input.txt byte for byte).
+WHOLE_TEXTS = ("tiny_shakespeare",)
 
 
 class Source:

@@ -21,7 +21,10 @@ class SequenceClassification(Task):
         d = self.config.data
         if path.startswith(sources.TFDS):
             rows = sources.tfds_records(path, split, d)
+            if d.kind == "clinc150" and not d.include_oos:  # as readers.read_clinc150 has it
+                rows = [r for r in rows if r["label"] != readers.CLINC150_OOS_LABEL]
             return [r["text"] for r in rows], [r["label"] for r in rows], None
+        path = sources.local_file(path)
         if d.kind == "phrasebank":
             rows = readers.read_phrasebank(path)
             return [r["text"] for r in rows], [r["label"] for r in rows], None

@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from lmx.data import examples, readers
+from lmx.data import examples, readers, sources
 from lmx.models.transformer import Head
 
 PLACEHOLDER_MASK, PLACEHOLDER_SENTENCE = "[MASK]", "{sentence}"
@@ -282,9 +282,15 @@ def sample_shots(labels_B: np.ndarray, shots: int, seed: int, num_classes: int) 
     return rng.permutation(np.concatenate(chosen))
 
 
-def read_examples(path: str, config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
-    """Texts and label strings of a CSV / TSV file (`config.data.text_column` / `label_column`)."""
-    rows = readers.read_delimited(path, config.data.text_column, config.data.label_column)
+def read_examples(path: str, split: str, config: ml_collections.ConfigDict
+                  ) -> tuple[list[str], list[str]]:
+    """Texts and label strings of a CSV / TSV file (`config.data.text_column` / `label_column`)
+    or of a tfds split ("tfds:glue/sst2")."""
+    if path.startswith(sources.TFDS):
+        rows = sources.tfds_records(path, split, config.data)
+    else:
+        rows = readers.read_delimited(sources.local_file(path), config.data.text_column,
+                                      config.data.label_column)
     return [r["text"] for r in rows], [r["label"] for r in rows]
 
 

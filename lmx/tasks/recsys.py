@@ -1,5 +1,6 @@
 """Next-item recommendation as masked-item modelling over each user's rating sequence
-(BERT4Rec, Sun et al. 2019) on a MovieLens ratings.csv, with a popularity baseline.
+(BERT4Rec, Sun et al. 2019) on a MovieLens ratings.csv (or tfds:movielens/latest-small-ratings),
+with a popularity baseline.
 
 Protocol (BERT4Rec / SASRec leave-one-out, full ranking):
   * a user's items in time order (ties keep file order); movieIds become ids 2.. in
@@ -34,7 +35,7 @@ import ml_collections
 import numpy as np
 
 from lmx import metrics
-from lmx.data import batching, readers, transforms
+from lmx.data import batching, sources, transforms
 from lmx.models import transformer
 from lmx.tasks import base as tasks
 
@@ -191,7 +192,8 @@ class NextItem(tasks.Task):
             raise ValueError(f"config.data.max_length={d.max_length} padded to a multiple of "
                              f"data.pad_multiple={d.pad_multiple} is {self.width}, more than "
                              f"the {config.model.size!r} model's {max_len} positions")
-        sequences, self.movie_ids = user_sequences(readers.read_ratings(d.train_file))
+        ratings = sources.read_ratings(d.train_file, d.train_split, d)
+        sequences, self.movie_ids = user_sequences(ratings)
         self.train_items, validation, test = leave_one_out(sequences, d.max_length)
         if not validation:
             raise ValueError(f"{d.train_file}: no user has 3 or more ratings to evaluate on")

@@ -21,7 +21,7 @@ class TokenClassification(Task):
         def read(path, split):  # tfds' conll2003 tags are already BIO
             if path.startswith(sources.TFDS):
                 return sources.tfds_records(path, split, d)
-            return readers.read_conll(path, scheme=d.tag_scheme)
+            return readers.read_conll(sources.local_file(path), scheme=d.tag_scheme)
 
         train = read(d.train_file, d.train_split)
         tags = sorted({t for s in train for t in s["tags"]} - {"O"})

@@ -154,12 +154,13 @@ def _load(config: ml_collections.ConfigDict):
     model = prompting.load(m.pretrained, config.prompt.head, dtype=m.dtype,
                            dropout_rate=m.dropout_rate,
                            attention_dropout_rate=m.attention_dropout_rate)
-    eval_texts, eval_labels = prompting.read_examples(d.validation_file, config)
+    eval_texts, eval_labels = prompting.read_examples(d.validation_file, d.validation_split,
+                                                      config)
     if d.max_eval_examples:
         eval_texts, eval_labels = (eval_texts[:d.max_eval_examples],
                                    eval_labels[:d.max_eval_examples])
     needs_train = any(k > 0 for k in config.prompt.shots) or config.prompt.verbalizer_candidates
-    train = prompting.read_examples(d.train_file, config) if needs_train else ([], [])
+    train = prompting.read_examples(d.train_file, d.train_split, config) if needs_train else ([], [])
     return model, (eval_texts, eval_labels), train
 
 
