@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from test_sharding import _steps  # the loop's steps without eval or checkpoints
 
 import lmx.hf
 from experiments import tiny_synthetic, vit_digits
@@ -12,16 +13,6 @@ from lmx import config as config_lib
 from lmx.models import transformer
 from lmx.peft import ALL_LINEAR
 from lmx.train import build, loop
-
-
-def _steps(trainer, n):
-    stream, losses = trainer.train_stream(0), []
-    with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
-        for _ in range(n):
-            trainer.state, m = trainer.train_step(trainer.state, trainer.frozen,
-                                                  trainer.device_batch(next(stream)))
-            losses.append(float(m["loss"]))
-    return losses
 
 
 def test_vit_trains_from_the_launcher(tmp_path):

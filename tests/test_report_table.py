@@ -29,7 +29,9 @@ def runs(tmp_path):
     headline = _run_dir(tmp_path, "run_b", {
         "experiment": "squad_ia3", "headline": {"name": "f1", "value": 0.81234},
         "validation": {"accuracy": 0.5, "loss": 1.0}, "trainable_percent": 0.0312,
-        "adapter_bytes": 900, "train_seconds": 3725.0, "hardware": "1x NVIDIA H200"},
+        "adapter_bytes": 900, "train_seconds": 3725.0, "hardware": "1x NVIDIA H200",
+        "provenance": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": True,
+                       "versions": {"jax": "0.10.2", "flax": "0.12.8"}}},
         method="ia3")
     return classification, headline
 
@@ -44,10 +46,10 @@ def test_table_rows_and_columns(runs):
     assert set(_cells(lines[1])) == {"---"}
     assert len(lines) == 4  # header, rule, one row per run in the order given
     assert _cells(lines[2]) == ["banking77_lora", "lora", "1.58%", "accuracy 0.9242", "1.3 MiB",
-                                "9m 34s", "?"]
+                                "9m 34s", "?", "?"]  # no hardware / provenance recorded
     # "experiment" names the task over the folder; "headline" wins over validation accuracy
     assert _cells(lines[3]) == ["squad_ia3", "ia3", "0.03%", "f1 0.8123", "900 B", "1h 02m",
-                                "1x NVIDIA H200"]
+                                "1x NVIDIA H200", "0123456 (dirty), jax 0.10.2, flax 0.12.8"]
 
 
 def test_metric_falls_back_to_f1_then_loss(tmp_path):

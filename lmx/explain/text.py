@@ -12,14 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmx.explain import attention, attributions as attr
-from lmx.explain.target import (
-    EmbeddingOutputLogits,
-    TextLogits,
-    baseline_embeds,
-    embed,
-    embedding_output,
-    text_context,
-)
+from lmx.explain.target import (EmbeddingOutputLogits, TextLogits, baseline_embeds, embed,
+                                embedding_output, text_context)
 
 METHODS = ("integrated_gradients", "grad_x_input", "saliency", "smoothgrad", "occlusion",
            "rollout", "flow", "random")

@@ -10,17 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from lmx.hf.core import (
-    HFTransformer,
-    Rule,
-    hf_extra_fields,
-    label_fields,
-    linear,
-    norm,
-    strip_and_untie,
-    text_inputs,
-    transformer_module,
-)
+from lmx.hf.core import (HFTransformer, Rule, hf_extra_fields, label_fields, linear, norm,
+                         strip_and_untie, text_inputs, transformer_module)
 from lmx.models.transformer import TransformerConfig
 
 MODEL_TYPES = ("distilbert",)

@@ -18,16 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmx.models.layers import (
-    Bottleneck,
-    Dense,
-    Dropout,
-    add_bias,
-    gelu,
-    layer_norm,
-    matmul,
-    rms_norm,
-)
+from lmx.models.layers import (Bottleneck, Dense, Dropout, add_bias, gelu, layer_norm, matmul,
+                               rms_norm)
 from lmx.peft import NO_PEFT, PEFT, PeftSpec
 from lmx.scale import sharding as ax
 

@@ -1,27 +1,10 @@
-"""What differs between tasks: reading each split, batching it, what the jitted eval step
-returns and how the collected outputs become scores. `loop.Trainer` holds one task.
-
-A task answers:
-  load(config, workdir) -> Datasets      every split read, tokenized once
-  steps_per_epoch(split, batch_size)
-  train_batches(split, start_step)       endless, a pure function of (seed, step): exact resume
-  eval_batches(split)                    -> (device batch, host-only info) pairs
-  outputs(logits, batch)                 traced inside the jitted eval step
-  scores(split, collected)               -> {"metric": value}
-  finish(trainer, workdir)               task extras at the end of a run (sample, export)
-
-Every batch has `ids`, `mask`, `token_types`, `labels` and `weights` (or `images`);
-`labels` < 0 carry no loss, `weights` (B,) zero out filler rows. The loss is the same
-cross-entropy for every task (`train.classification_loss`).
-
-Axis legend: B batch, T length, V vocabulary, N examples.
-"""
+"""The task registry: `get(config)` -> the Task for `config.model.task` (the contract is in
+lmx/tasks/base.py; one file per task kind)."""
 from __future__ import annotations
 
 import ml_collections
 
 from lmx.models import families
-
 from lmx.tasks import recsys
 from lmx.tasks.base import IGNORE, MASK_TOKENS, Datasets, Task, eval_token_batches, export_hf
 from lmx.tasks.classification import SequenceClassification

@@ -21,10 +21,7 @@ from tqdm.auto import tqdm
 from lmx import config as config_lib, provenance, report, tasks
 from lmx.scale import distributed, sharding
 from lmx.train import build, checkpoint
-from lmx.train.step import (
-    eval_step,
-    merge,
-)
+from lmx.train.step import eval_step, merge
 
 
 def _first(examples, config: ml_collections.ConfigDict, split: str):
