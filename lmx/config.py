@@ -104,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
         checkpoint_every=0,  # 0 = once per epoch (and at the end)
         max_checkpoints=2,
         resume=True,
+        # Committed checkpoints exist but none can be read: False stops the run with an
+        # error naming each; True starts again from step 0 (the old checkpoints are kept).
+        allow_fresh_start=False,
     ))
 
     c.explain = ml_collections.ConfigDict(dict(

@@ -66,12 +66,26 @@ def test_damaged_latest_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path,
 
 
 def test_uncommitted_and_all_damaged_checkpoints(tmp_path, caplog):
+    """Nothing readable is an error naming each checkpoint (no silent restart from step 0),
+    unless a fresh start is allowed; a save that never committed is no checkpoint at all."""
     mgr = _saved(tmp_path, steps=(1, 2))
     os.remove(mgr.directory / "2" / checkpoint.CHECKSUM_FILE)  # as if killed mid commit
     _damage(_largest_file(mgr.directory / "1"), "flip")
+    meta = {"base": "b", "base_sha256": "0" * 64}
+    with pytest.raises(checkpoint.NoReadableCheckpoint) as error:
+        checkpoint.restore(mgr, _state(0), meta)
+    assert f"{mgr.directory / '1'}: " in str(error.value) and "sha256" in str(error.value)
+    assert f"{mgr.directory / '2'}:" not in str(error.value)  # uncommitted: not a checkpoint
+    assert "allow_fresh_start" in str(error.value)
     with caplog.at_level(logging.WARNING):
-        assert checkpoint.restore(mgr, _state(0), {"base": "b", "base_sha256": "0" * 64}) is None
+        assert checkpoint.restore(mgr, _state(0), meta, allow_fresh_start=True) is None
     assert "never committed" in caplog.text and str(mgr.directory / "1") in caplog.text
+
+
+def test_a_run_killed_in_its_first_save_starts_fresh(tmp_path):
+    mgr = _saved(tmp_path, steps=(1,))
+    os.remove(mgr.directory / "1" / checkpoint.CHECKSUM_FILE)  # nothing ever committed
+    assert checkpoint.restore(mgr, _state(0), {"base": "b", "base_sha256": "0" * 64}) is None
 
 
 def test_checkpoint_of_another_base_is_refused(tmp_path):

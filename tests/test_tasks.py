@@ -217,16 +217,20 @@ def test_mlm_pretrain_exports_and_transfers(tmp_path):
     labelled.write_text("text,category\n" + "".join(
         f"{line},{'people' if any(p in line.split() for p in PEOPLE) else 'none'}\n"
         for line in lines[:400]))
-    firsts = {}
-    for random_init in (False, True):
+    firsts, identities = {}, {}
+    for random_init, seed in ((False, 0), (True, 0), (True, 1)):
         t = _base(tmp_path, kind="csv_classification", train_file=str(labelled), max_length=24)
-        t.model.pretrained, t.model.random_init = str(exported), random_init
+        t.model.pretrained, t.model.random_init, t.seed = str(exported), random_init, seed
         t.peft.method, t.train.num_steps = "full", 2
-        trainer = loop.Trainer(t, str(tmp_path / f"transfer{random_init}"))
+        trainer = loop.Trainer(t, str(tmp_path / f"transfer{random_init}{seed}"))
         firsts[random_init] = np.asarray(
             trainer.state.trainable["params"]["embed"]["token"]["embedding"])
+        identities[random_init, seed] = trainer.meta()["base"]
     np.testing.assert_array_equal(firsts[False], embeddings)  # the pre-trained weights
     assert not np.allclose(firsts[True], embeddings)  # random_init: fresh weights
+    # A random init's checkpoints name their seed: they can never resume the pretrained base's
+    # run, nor another seed's (the identity used to be the pretrained folder for all three).
+    assert len(set(identities.values())) == 3, identities
 
 
 def test_config_rejects_a_task_its_data_cannot_feed(tmp_path):

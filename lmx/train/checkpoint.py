@@ -27,6 +27,7 @@ from etils import epath
 from lmx.train.step import TrainState
 
 CHECKSUM_FILE = "lmx_sha256.json"
+NEVER_COMMITTED = "(the save never committed)"
 
 
 class Manager:
@@ -91,7 +92,7 @@ def verify(step_dir: epath.Path) -> str:
     """'' if the step's files match its checksum file, else what is wrong."""
     sums = step_dir / CHECKSUM_FILE
     if not sums.exists():
-        return f"no {CHECKSUM_FILE} (the save never committed)"
+        return f"no {CHECKSUM_FILE} {NEVER_COMMITTED}"
     try:
         expected = json.loads(sums.read_text())
     except ValueError as e:
@@ -147,11 +148,22 @@ def _restore_step(mgr: Manager, step: int, template: TrainState) -> TrainState:
         model_state=item.get("model_state", template.model_state))
 
 
-def restore(mgr: Manager, template: TrainState, meta: dict) -> TrainState | None:
+class NoReadableCheckpoint(RuntimeError):
+    """Checkpoints were committed, and none of them can be restored."""
+
+
+def restore(mgr: Manager, template: TrainState, meta: dict,
+            allow_fresh_start: bool = False) -> TrainState | None:
     """The newest intact checkpoint restored into `template`'s structure and shardings.
 
-    Damaged steps are skipped with a warning; a checkpoint of another base is an error.
+    A damaged step is skipped with a warning for an older one; a step whose save never
+    committed (no checksum file: killed mid save) does not count. None when nothing was ever
+    committed (a fresh start). When committed steps exist and none can be read, that is an
+    error naming each one and why (a silent restart from step 0 would lose the run), unless
+    `allow_fresh_start` (config.train.allow_fresh_start). A checkpoint of another base is
+    an error.
     """
+    damaged = []
     for step in reversed(mgr.all_steps()):
         step_dir = mgr.directory / str(step)
         problem = verify(step_dir)
@@ -162,12 +174,20 @@ def restore(mgr: Manager, template: TrainState, meta: dict) -> TrainState | None
                 problem = f"meta is unreadable ({e})"
         if problem:
             logging.warning("skipping damaged checkpoint %s: %s", step_dir, problem)
+            if not problem.endswith(NEVER_COMMITTED):
+                damaged.append(f"{step_dir}: {problem}")
             continue
         _check_base(step_dir, saved, meta)
         try:
             return _restore_step(mgr, step, template)
         except Exception as e:  # noqa: BLE001  (verified files that orbax still cannot read)
             logging.warning("skipping unreadable checkpoint %s: %s", step_dir, e)
+            damaged.append(f"{step_dir}: orbax cannot read it ({type(e).__name__}: {e})")
+    if damaged and not allow_fresh_start:
+        raise NoReadableCheckpoint(
+            f"{mgr.directory}: no checkpoint can be restored, so the run would start again "
+            "from step 0:\n  " + "\n  ".join(damaged) + "\nMove them aside, use another "
+            "--workdir, or set --config.train.allow_fresh_start=True to start from step 0.")
     return None
 
 

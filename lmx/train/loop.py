@@ -105,9 +105,14 @@ class Trainer:
     def meta(self) -> dict:
         """What a checkpoint must match to be resumed: the base (name + content hash), method."""
         if self._base is None:
-            cfg = self.config.model
-            name = cfg.pretrained or f"{cfg.family}/{cfg.size}@seed{self.config.seed}"
-            self._base = checkpoint.base_identity(self.model.pretrained_dir, name, self.frozen)
+            cfg, seed = self.config.model, self.config.seed
+            if cfg.pretrained and not cfg.random_init:  # the weights files name the base
+                self._base = checkpoint.base_identity(self.model.pretrained_dir,
+                                                      cfg.pretrained, self.frozen)
+            else:  # a random init is fixed by its architecture and seed: both in the name
+                arch = f"{cfg.pretrained} (random_init)" if cfg.pretrained else \
+                    f"{cfg.family}/{cfg.size}"
+                self._base = checkpoint.base_identity("", f"{arch}@seed{seed}", self.frozen)
         return {**self._base, "peft": self.config.peft.method}
 
     def checkpoint_bytes(self) -> int:
@@ -223,7 +228,8 @@ def check_free_space(trainer: Trainer, workdir: str) -> int:
 
 
 def _resume(trainer: Trainer, mgr: checkpoint.Manager) -> int:
-    restored = checkpoint.restore(mgr, trainer.state, trainer.meta())
+    restored = checkpoint.restore(mgr, trainer.state, trainer.meta(),
+                                  allow_fresh_start=trainer.config.train.allow_fresh_start)
     if restored is not None:
         trainer.state = build.place(restored, trainer.state_shardings)
         logging.warning("resumed from %s at step %d", mgr.directory, int(restored.step))
