@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+import shared_data
 from lmx import tasks
 from lmx.train import loop
 
@@ -38,8 +39,7 @@ def test_runlocal_runs_one_step(path, tmp_path):
     config = _get_config(path, "runlocal")
     missing = [f for f in (config.data.train_file, config.data.validation_file,
                            config.data.test_file) if f and not os.path.exists(f)]
-    if missing:  # datasets under ../shared/data are not part of the repository
-        pytest.skip(f"dataset files not on this machine: {missing}")
+    shared_data.require(*missing)  # ../shared/data is not in the repository
     config.train.num_steps = 1
     config.train.eval_batch_size = 64
     config.data.max_eval_examples = 64  # the step is under test, not the full-split score
