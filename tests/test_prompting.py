@@ -45,10 +45,9 @@ def tiny_bert(tmp_path_factory):
                                      initializer_range=0.1, hidden_dropout_prob=0.0,
                                      attention_probs_dropout_prob=0.0)
     model = transformers.BertForMaskedLM(config).eval()
-    with torch.no_grad():  # random biases / norms so that every tensor matters
+    with torch.no_grad():  # every tensor perturbed (norm gains too), so every tensor matters
         for name, param in model.named_parameters():
-            if name.endswith("bias") or "norm" in name.lower():
-                param.add_(torch.randn_like(param) * 0.1)
+            param.add_(torch.randn_like(param) * (0.1 if param.ndim == 1 else 0.02))
     mlm_dir = tmp_path_factory.mktemp("tiny_mlm")
     model.save_pretrained(mlm_dir)
     _tokenizer_files(mlm_dir)
