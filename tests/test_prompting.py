@@ -239,7 +239,9 @@ def test_launcher_end_to_end(tiny_bert, tmp_path):
     out = tmp_path / "out"
     flags = [f"--config={ROOT / 'experiments' / 'prompt_sst2.py'}", f"--workdir={out}",
              f"--config.model.pretrained={mlm_dir}", f"--config.data.train_file={train}",
-             f"--config.data.validation_file={dev}", "--config.prompt.shots=(0,2)",
+             f"--config.data.validation_file={dev}", "--config.data.text_column=sentence",
+             "--config.data.label_column=label", "--config.data.validation_split=",
+             "--config.prompt.shots=(0,2)",
              "--config.prompt.seeds=(0,1)", "--config.train.num_epochs=2",
              "--config.prompt.verbalizer_candidates=('great/terrible','good/bad')"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
