@@ -1,6 +1,8 @@
 """The one config schema: every key and its default. Experiments override, never add."""
 from __future__ import annotations
 
+import functools
+
 import ml_collections
 
 from lmx import peft
@@ -175,6 +177,12 @@ def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
     return flat
 
 
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict:
+    """The schema flattened ("model.size" -> default), built once (read-only: do not mutate)."""
+    return _flat(base_config())
+
+
 def _type_error(key: str, value, default) -> str:
     kind = type(default)
     if isinstance(default, bool) or isinstance(value, bool):
@@ -190,7 +198,7 @@ def _type_error(key: str, value, default) -> str:
 
 
 def _schema_errors(flat: dict) -> list[str]:
-    schema = _flat(base_config())
+    schema = _defaults()
     errors = [f"config.{k} is not a key of lmx/config.py" for k in flat if k not in schema]
     errors += [f"config.{k} is missing" for k in schema if k not in flat]
     errors += [e for k, v in flat.items() if k in schema for e in [_type_error(k, v, schema[k])] if e]
@@ -269,7 +277,7 @@ NO_TEST_SPLIT = ("causal_lm", "mlm")  # language modelling scores its validation
 
 def _unread_errors(flat: dict, family) -> list[str]:
     """A key its family / task / data kind does not read, set to a non-default value."""
-    defaults = _flat(base_config())
+    defaults = _defaults()
     errors = []
     for key in ("pooling", "task", "scan_layers", "remat", "dropout_rate",
                 "attention_dropout_rate", "image_size"):
@@ -341,7 +349,7 @@ def _mesh_errors(flat: dict, num_devices: int) -> list[str]:
 def _prompt_errors(flat: dict) -> list[str]:
     """config.prompt.* : used by model.task "cloze" only, which reads a CSV / TSV pair."""
     if flat["model.task"] != "cloze":
-        defaults = _flat(base_config().prompt, "prompt.")
+        defaults = {k: v for k, v in _defaults().items() if k.startswith("prompt.")}
         return [f"config.{k}={flat[k]!r} applies to model.task 'cloze' only"
                 for k, v in defaults.items() if flat[k] != v]
     errors = [f"config.prompt.template={flat['prompt.template']!r} must contain {p!r} "

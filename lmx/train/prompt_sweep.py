@@ -24,15 +24,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax import traverse_util
 from tqdm.auto import tqdm
 
 from lmx import config as config_lib, peft as peft_lib, provenance, report
 from lmx.data import examples
 from lmx.tasks import prompting
 from lmx.train import optim
-from lmx.train.step import TRAINABLE_COLLECTIONS, classification_loss, merge, split
+from lmx.train.step import (TRAINABLE_COLLECTIONS, apply_gradients, classification_loss, merge,
+                            split)
 
 
 def trainable_split(model: prompting.ClozeModel, config: ml_collections.ConfigDict,
@@ -58,8 +57,8 @@ def trainable_split(model: prompting.ClozeModel, config: ml_collections.ConfigDi
 
 def few_shot_step(trainable, opt_state, frozen, batch, rng, *, encoder, head, tx, word_ids_CW,
                   weights_CW):
-    """One optimizer step of cross-entropy over the class scores at the mask; as
-    lmx.train.step.train_step, the optimizer sees the full tree with zero frozen gradients."""
+    """One optimizer step of cross-entropy over the class scores at the mask, updated as
+    lmx.train.step.train_step updates (`step.apply_gradients`)."""
 
     def loss_of(trainable):
         scores_BC = prompting.class_scores(encoder, merge(trainable, frozen), batch, word_ids_CW,
@@ -67,12 +66,7 @@ def few_shot_step(trainable, opt_state, frozen, batch, rng, *, encoder, head, tx
         return classification_loss(scores_BC, batch)[0]
 
     loss, grads = jax.value_and_grad(loss_of)(trainable)
-    full_grads = merge(grads, jax.tree.map(jnp.zeros_like, frozen))
-    updates, opt_state = tx.update(full_grads, opt_state, merge(trainable, frozen))
-    flat_updates = traverse_util.flatten_dict(updates)
-    trainable_updates = traverse_util.unflatten_dict(
-        {k: flat_updates[k] for k in traverse_util.flatten_dict(trainable)})
-    return optax.apply_updates(trainable, trainable_updates), opt_state, loss
+    return (*apply_gradients(trainable, frozen, grads, opt_state, tx), loss)
 
 
 def _epoch_batches(prompts: dict, labels_B: np.ndarray, batch_size: int, rng):

@@ -87,21 +87,30 @@ def trainable_grads(state: TrainState, frozen: Any, batch: dict, rng: jax.Array,
     return loss, aux, model_state, grads
 
 
+def apply_gradients(trainable: Any, frozen: Any, grads: Any, opt_state: Any,
+                    tx: optax.GradientTransformation) -> tuple[Any, Any]:
+    """(new trainable, new optimizer state) from the gradients of the trainable leaves.
+
+    The optimizer sees the full tree (the frozen part with zero gradients; `set_to_zero`
+    drops it and XLA removes the zeros); only trainable leaves are updated."""
+    full_grads = merge(grads, jax.tree.map(jnp.zeros_like, frozen))
+    updates, opt_state = tx.update(full_grads, opt_state, merge(trainable, frozen))
+    flat_updates = traverse_util.flatten_dict(updates)
+    trainable_updates = traverse_util.unflatten_dict(
+        {k: flat_updates[k] for k in traverse_util.flatten_dict(trainable)})
+    return optax.apply_updates(trainable, trainable_updates), opt_state
+
+
 def train_step(state: TrainState, frozen: Any, batch: dict, *, model: nn.Module,
                tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
     """One optimizer step; frozen weights are never differentiated nor updated."""
     rng, dropout_rng = jax.random.split(state.rng)
     loss, aux, model_state, grads = trainable_grads(state, frozen, batch, dropout_rng,
                                                     model=model)
-    # The optimizer sees the full tree; `set_to_zero` drops the frozen part (XLA removes the zeros).
-    full_grads = merge(grads, jax.tree.map(jnp.zeros_like, frozen))
-    updates, opt_state = tx.update(full_grads, state.opt_state, merge(state.trainable, frozen))
-    flat_updates = traverse_util.flatten_dict(updates)
-    trainable_updates = traverse_util.unflatten_dict(
-        {k: flat_updates[k] for k in traverse_util.flatten_dict(state.trainable)})
+    trainable, opt_state = apply_gradients(state.trainable, frozen, grads, state.opt_state, tx)
     new_state = state.replace(
         step=state.step + 1,
-        trainable=optax.apply_updates(state.trainable, trainable_updates),
+        trainable=trainable,
         opt_state=opt_state,
         model_state=model_state or state.model_state,
         rng=rng)
