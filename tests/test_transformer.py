@@ -171,3 +171,27 @@ def test_scanned_layers_equal_unrolled_outputs_and_grads(remat):
     back = tr.unstack_layers({"peft": scanned_grads}, 2)["peft"]
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(back)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", ["bert-tiny", "gpt2-tiny", "llama-tiny"])
+def test_packed_rows_equal_each_document_alone(size):
+    """Two documents packed in one row (segment ids, positions restarting) give each
+    document's hidden states exactly as it gives them alone: attention never crosses the
+    segment boundary and positions restart (learned and RoPE)."""
+    from lmx.data import batching
+    model = transformer.Transformer(transformer.size(size), task="hidden")
+    variables = _init(model)
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(4, 128, size=n).astype(np.int32) for n in (5, 3)]
+    packed = batching.pack(docs, seq_len=10, pad_id=0)
+    assert packed["ids"].shape == (1, 10)
+    hidden_BTD = model.apply(variables, jnp.asarray(packed["ids"]),
+                             jnp.asarray(packed["segment_ids"] > 0),
+                             positions_BT=jnp.asarray(packed["positions"]),
+                             segment_ids_BT=jnp.asarray(packed["segment_ids"]))
+    start = 0
+    for doc in docs:
+        alone_1LD = model.apply(variables, jnp.asarray(doc[None]))
+        np.testing.assert_allclose(hidden_BTD[0, start:start + len(doc)], alone_1LD[0],
+                                   atol=1e-5, rtol=1e-5)
+        start += len(doc)

@@ -279,7 +279,7 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, ids_BT, mask_BT=None, token_types_BT=None, positions_BT=None, *,
                  deterministic: bool = True, embeds_BTD=None, decode: str = "",
-                 targets_BM=None):
+                 targets_BM=None, segment_ids_BT=None):
         """Logits of the task head (or the last hidden states for task "hidden").
 
         Args:
@@ -293,6 +293,9 @@ class Transformer(nn.Module):
           targets_BM: token-level tasks only: the M positions per row whose head outputs to
             compute (masked-LM training: the masked tokens, so the vocabulary projection runs
             on ~15% of the positions); logits are then (B, M, V). Default: every position.
+          segment_ids_BT: packed rows (lmx.data.batching.pack): a token attends only to tokens
+            of its own segment (1, 2, ...; 0 is padding); pass the packer's `positions_BT` so
+            positions restart per segment. Not with a soft prompt, a prefix or decoding.
         """
         cfg = self.cfg
         if self.task not in TASKS:
@@ -313,6 +316,11 @@ class Transformer(nn.Module):
         mask_BTS = jnp.broadcast_to(full_mask_BS[:, None, :], (B, S, S))
         if cfg.causal:
             mask_BTS = mask_BTS & jnp.tril(jnp.ones((S, S), bool))[None]
+        if segment_ids_BT is not None:
+            if num_prompt or decode or self.peft.num_prefix_tokens:
+                raise ValueError("segment_ids_BT (packed rows) cannot be combined with a soft "
+                                 "prompt, a prefix or decoding")
+            mask_BTS = mask_BTS & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
         x_BTD = nn.with_logical_constraint(x_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
         x_BTD = self._blocks(x_BTD, None if decode else mask_BTS, positions_BT, deterministic,
                              full_mask_BS, decode)
