@@ -34,7 +34,28 @@ CONFIGS = {
         rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0,
                              low_freq_factor=1.0, high_freq_factor=4.0,
                              original_max_position_embeddings=16)),
+    # today's open decoders; windows of 4 slots so the 9-token batch crosses them, soft caps
+    # small enough to bend these tiny models' scores and logits
+    "qwen2": lambda: transformers.Qwen2Config(
+        **_TINY, num_key_value_heads=2, pad_token_id=0, use_sliding_window=True,
+        sliding_window=4, max_window_layers=1),
+    "qwen3": lambda: transformers.Qwen3Config(**_TINY, num_key_value_heads=2, head_dim=8,
+                                              pad_token_id=0),
+    "mistral": lambda: transformers.MistralConfig(**_TINY, num_key_value_heads=2,
+                                                  sliding_window=4, pad_token_id=0),
+    "gemma2": lambda: transformers.Gemma2Config(
+        **_TINY, num_key_value_heads=2, head_dim=8, sliding_window=4, query_pre_attn_scalar=12,
+        attn_logit_softcapping=0.02, final_logit_softcapping=0.1, pad_token_id=0),
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        **{**_TINY, "num_hidden_layers": 3}, num_key_value_heads=1, head_dim=8,
+        sliding_window=4, query_pre_attn_scalar=12, final_logit_softcapping=0.1,
+        pad_token_id=0, layer_types=["sliding_attention", "full_attention",
+                                     "sliding_attention"],
+        rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10.0),
+                         "full_attention": dict(rope_type="linear", factor=2.0,
+                                                rope_theta=1000.0)}),
 }
+DECODERS = ("qwen2", "qwen3", "mistral", "gemma2", "gemma3")
 HEADS = {
     "hidden": transformers.AutoModel,
     "mlm": transformers.AutoModelForMaskedLM,
@@ -51,6 +72,7 @@ CASES += [(f, t) for f in ("gpt2", "llama") for t in ("hidden", "causal_lm",
                                                       "sequence_classification",
                                                       "token_classification")]
 CASES += [("llama3-rope", "causal_lm")]
+CASES += [(f, t) for f in DECODERS for t in ("causal_lm", "sequence_classification")]
 
 
 def reference(family: str, task: str, folder, seed: int = 0):

@@ -5,7 +5,7 @@
     lmx.hf.save_pretrained(model, variables, "out_dir")   # loads in transformers
 
 One family module per HF architecture family (bert.py, distilbert.py, gpt2.py, llama.py,
-vit.py, resnet.py), each a rule table over `core.py`'s generic loader; see core.py for the contract.
+qwen2.py, qwen3.py, mistral.py, gemma2.py, gemma3.py, vit.py, resnet.py), each a rule table over `core.py`'s generic loader; see core.py for the contract.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from lmx.hf import adapters, core
 from lmx.models.transformer import stack_layers, unstack_layers
 from lmx.peft import NO_PEFT
 
-FAMILIES = ("distilbert", "bert", "gpt2", "llama", "vit", "resnet")  # first owner wins
+FAMILIES = ("distilbert", "bert", "gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3",
+            "vit", "resnet")  # first owner wins
 
 
 def family_of(hf_config: dict[str, Any]):

@@ -1,4 +1,6 @@
-"""Multi-head attention with grouped-query heads, RoPE, prefix tuning and a KV cache.
+"""Multi-head attention with grouped-query heads, RoPE, prefix tuning and a KV cache; the
+decoder options of lmx.models.decoder_features (q / k norm, score scaling and soft-capping,
+sliding-window local layers, a bfloat16 cache).
 
 Axis legend: B batch, T query length, S key length, D model width, N query heads,
 G key/value heads, Q = N // G query heads per group, K head dim, P prefix tokens,
@@ -13,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmx.models.decoder_features import make_norm, softcap, window_mask
 from lmx.models.layers import Dense, Dropout
 from lmx.peft import NO_PEFT, PEFT, PeftSpec
 from lmx.scale import sharding as ax
@@ -58,9 +61,11 @@ class Attention(nn.Module):
 
     `mask_BTS` is the full attention mask; when decoding it is None and the mask comes from
     the cache: slot s is visible to query t if it holds a real token and s <= its position.
+    A `local` layer also hides keys `cfg.sliding_window` or more slots back.
     """
     cfg: Any  # lmx.models.transformer.TransformerConfig (which imports this module)
     peft: PeftSpec = NO_PEFT
+    local: bool = False
 
     @nn.compact
     def __call__(self, x_BTD, mask_BTS, mask_BT, positions_BT, deterministic: bool,
@@ -69,18 +74,26 @@ class Attention(nn.Module):
         B, T, _ = x_BTD.shape
         N, G, K = cfg.num_heads, cfg.kv_heads, cfg.head_dim
         dense = lambda features, name: Dense(
-            features, (ax.EMBED, ax.HEADS), cfg.use_bias, cfg.compute_dtype, peft=self.peft,
-            name=name)
+            features, (ax.EMBED, ax.HEADS), cfg.use_bias or cfg.qkv_bias, cfg.compute_dtype,
+            peft=self.peft, name=name)
         q_BTNK = dense(N * K, "query")(x_BTD, deterministic).reshape(B, T, N, K)
         k_BTGK = dense(G * K, "key")(x_BTD, deterministic).reshape(B, T, G, K)
         v_BTGK = dense(G * K, "value")(x_BTD, deterministic).reshape(B, T, G, K)
+        if cfg.qk_norm:  # per head, before RoPE (Qwen3, Gemma 3)
+            q_BTNK = make_norm(cfg, "query_norm", ax.KV)(q_BTNK)
+            k_BTGK = make_norm(cfg, "key_norm", ax.KV)(k_BTGK)
         if cfg.positions == "rope":
-            inv_freq = rope_frequencies(K, cfg.rope_theta, cfg.rope_scaling)
+            local_rope = self.local and cfg.rope_local_theta
+            inv_freq = rope_frequencies(K, cfg.rope_local_theta if local_rope else cfg.rope_theta,
+                                        () if local_rope else cfg.rope_scaling)
             q_BTNK = rotary(q_BTNK, positions_BT, inv_freq)
             k_BTGK = rotary(k_BTGK, positions_BT, inv_freq)
         q_BTNK = nn.with_logical_constraint(q_BTNK, (ax.BATCH, ax.LENGTH, ax.HEADS, ax.KV))
         if decode:
             k_BTGK, v_BTGK, mask_BTS = self._cache(k_BTGK, v_BTGK, mask_BT, decode)
+        elif self.local:
+            index_T = jnp.arange(T)
+            mask_BTS = mask_BTS & window_mask(index_T, index_T, cfg.sliding_window)[None]
         if self.peft.num_prefix_tokens:
             k_BTGK, v_BTGK, mask_BTS = self._prefix(k_BTGK, v_BTGK, mask_BTS)
         out_BTF = self._attend(q_BTNK, k_BTGK, v_BTGK, mask_BTS, deterministic)
@@ -93,7 +106,9 @@ class Attention(nn.Module):
         G = k_BSGK.shape[2]
         q_BTGQK = q_BTNK.reshape(B, T, G, N // G, K)
         scores_BGQTS = jnp.einsum("btgqk,bsgk->bgqts", q_BTGQK.astype(dt), k_BSGK.astype(dt),
-                                  preferred_element_type=jnp.float32) * K ** -0.5
+                                  preferred_element_type=jnp.float32) * (cfg.attention_scale
+                                                                         or K ** -0.5)
+        scores_BGQTS = softcap(scores_BGQTS, cfg.attention_softcap)
         scores_BGQTS = jnp.where(mask_BTS[:, None, None], scores_BGQTS,
                                  jnp.finfo(jnp.float32).min)
         probs_BGQTS = jax.nn.softmax(scores_BGQTS, axis=-1)
@@ -119,13 +134,16 @@ class Attention(nn.Module):
         return k_BSGK, v_BSGK, mask_BTS
 
     def _cache(self, k_BTGK, v_BTGK, mask_BT, decode):
-        """Writes this call's keys / values at the cache index; returns the whole cache and mask."""
+        """Writes this call's keys / values at the cache index; returns the whole cache and mask.
+
+        Keys and values are stored as `cfg.kv_cache_dtype` (bfloat16 halves the cache)."""
         if decode not in DECODE_MODES:
             raise ValueError(f"decode={decode!r} is not one of {DECODE_MODES}")
         B, T, G, K = k_BTGK.shape  # at init, T is the cache length C
         zeros = lambda shape, dtype: lambda: jnp.zeros(shape, dtype)
-        key_BCGK = self.variable(CACHE, "cached_key", zeros((B, T, G, K), jnp.float32))
-        value_BCGK = self.variable(CACHE, "cached_value", zeros((B, T, G, K), jnp.float32))
+        dtype = jnp.dtype(self.cfg.kv_cache_dtype)
+        key_BCGK = self.variable(CACHE, "cached_key", zeros((B, T, G, K), dtype))
+        value_BCGK = self.variable(CACHE, "cached_value", zeros((B, T, G, K), dtype))
         mask_BC = self.variable(CACHE, "mask", zeros((B, T), bool))
         index = self.variable(CACHE, "index", zeros((), jnp.int32))
         if self.is_initializing():
@@ -138,8 +156,10 @@ class Attention(nn.Module):
         value_BCGK.value = write(value_BCGK.value, v_BTGK)
         mask_BC.value = jax.lax.dynamic_update_slice(mask_BC.value, mask_BT.astype(bool), (0, i))
         index.value = i + T
-        slot_C = jnp.arange(C)
-        causal_TC = slot_C[None, :] <= (i + jnp.arange(T))[:, None]
+        slot_C, query_T = jnp.arange(C), i + jnp.arange(T)
+        causal_TC = slot_C[None, :] <= query_T[:, None]
+        if self.local:
+            causal_TC = causal_TC & window_mask(query_T, slot_C, self.cfg.sliding_window)
         mask_BTC = mask_BC.value[:, None, :] & causal_TC[None]
         return key_BCGK.value, value_BCGK.value, mask_BTC
 

@@ -5,6 +5,10 @@ G key/value heads (grouped-query attention), Q = N // G query heads per group,
 K head dim, F mlp hidden, V vocabulary, P prompt / prefix tokens, L labels,
 C cache length (decoding).
 
+Open-decoder options (Qwen's q / k / v biases, q / k norms, Gemma's scaled embeddings,
+`(1 + w)` norms, sandwich norms, soft-capping, local / global layers) are general config
+fields, implemented in lmx.models.decoder_features and lmx.models.attention.
+
 Decoding keeps keys and values in the `cache` collection: `decode="prefill"` writes the
 prompt at the start of the cache, `decode="step"` appends one token per call; the cache
 also records which of its slots hold real (not padding) tokens.
@@ -18,8 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmx.models.layers import (Bottleneck, Dense, Dropout, add_bias, gelu, layer_norm, matmul,
-                               rms_norm)
+from lmx.models import decoder_features
+from lmx.models.decoder_features import Mlp, layer_is_local, make_norm, softcap
+from lmx.models.layers import Bottleneck, Dense, Dropout, add_bias, gelu, layer_norm, matmul
 from lmx.peft import NO_PEFT, PEFT, PeftSpec
 from lmx.scale import sharding as ax
 
@@ -47,10 +52,22 @@ class TransformerConfig:
     rope_theta: float = 10000.0
     rope_scaling: tuple[tuple[str, Any], ...] = ()  # HF rope_parameters as sorted items
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    norm_scale_offset: float = 0.0  # RMSNorm gain `offset + w`, w from 0 (Gemma: 1.0)
     pre_norm: bool = False  # False: BERT post-LN (with an embedding LayerNorm)
+    post_norms: bool = False  # pre_norm blocks also norm each sublayer's output (Gemma 2/3)
     norm_eps: float = 1e-12
-    mlp: str = "gelu"  # "gelu" (erf) | "gelu_tanh" | "swiglu"
+    mlp: str = "gelu"  # "gelu" (erf) | "gelu_tanh" | "swiglu" | "geglu_tanh" (Gemma)
     use_bias: bool = True
+    qkv_bias: bool = False  # query / key / value biases even when use_bias is False (Qwen2)
+    qk_norm: bool = False  # a norm over each query / key head before RoPE (Qwen3, Gemma 3)
+    embed_scale: bool = False  # token embeddings times sqrt(embed_dim) (Gemma)
+    attention_scale: float = 0.0  # score scale; 0: head_dim ** -0.5 (Gemma: query_pre_attn)
+    attention_softcap: float = 0.0  # scores -> c * tanh(scores / c) before the mask; 0: off
+    final_softcap: float = 0.0  # the same on causal-LM logits (Gemma 2); 0: off
+    sliding_window: int = 0  # local layers see keys fewer than this many slots back
+    layer_types: tuple[str, ...] = ()  # per layer "global" | "local"; (): all global
+    rope_local_theta: float = 0.0  # local layers' RoPE base, unscaled (Gemma 3); 0: global's
+    kv_cache_dtype: str = "float32"  # "bfloat16" halves the decoding cache
     tie_embeddings: bool = True
     use_pooler: bool = False  # BERT's tanh pooler on [CLS] before a sequence classifier
     pooler_activation: str = "tanh"  # "tanh" (BERT, RoBERTa) | "relu" (DistilBERT)
@@ -60,6 +77,9 @@ class TransformerConfig:
     dtype: str = "float32"  # matmul input dtype; accumulation is always float32
     scan_layers: bool = False  # one scanned block (params stacked under `layers`): fast compile
     remat: str = "none"  # "none" | "full" | "dots" (save matmul outputs): recompute in backward
+
+    def __post_init__(self):
+        decoder_features.check(self)
 
     @property
     def kv_heads(self) -> int:
@@ -107,9 +127,7 @@ SIZES: dict[str, TransformerConfig] = {
 }
 
 
-def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
-    make = layer_norm if cfg.norm == "layernorm" else rms_norm
-    return make(name, cfg.norm_eps)
+_norm = make_norm
 
 
 class Embeddings(nn.Module):
@@ -139,6 +157,8 @@ class Embeddings(nn.Module):
     def __call__(self, ids_BT, token_types_BT, positions_BT, deterministic: bool,
                  embeds_BTD=None):
         x_BTD = self.token(ids_BT) if embeds_BTD is None else embeds_BTD
+        if self.cfg.embed_scale:  # Gemma: a float32 sqrt(D), as transformers computes it
+            x_BTD = x_BTD * jnp.asarray(self.cfg.embed_dim ** 0.5, jnp.float32).astype(x_BTD.dtype)
         num_prompt = self.peft.num_prompt_tokens
         if num_prompt:
             prompt_PD = self.prompt.value
@@ -157,36 +177,19 @@ class Embeddings(nn.Module):
         return self.dropout(x_BTD, deterministic=deterministic), positions_BT
 
 
-class Mlp(nn.Module):
-    cfg: TransformerConfig
-    peft: PeftSpec = NO_PEFT
-
-    @nn.compact
-    def __call__(self, x_BTD, deterministic: bool):
-        cfg = self.cfg
-        dense = lambda features, axes, name: Dense(
-            features, axes, cfg.use_bias, cfg.compute_dtype, peft=self.peft, name=name)
-        up_BTF = dense(cfg.mlp_dim, (ax.EMBED, ax.MLP), "up")(x_BTD, deterministic)
-        if cfg.mlp == "swiglu":
-            gate_BTF = dense(cfg.mlp_dim, (ax.EMBED, ax.MLP), "gate")(x_BTD, deterministic)
-            h_BTF = nn.silu(gate_BTF) * up_BTF
-        else:
-            h_BTF = gelu(up_BTF, cfg.mlp == "gelu_tanh")
-        h_BTF = nn.with_logical_constraint(h_BTF, (ax.BATCH, ax.LENGTH, ax.MLP))
-        return dense(cfg.embed_dim, (ax.MLP, ax.EMBED), "down")(h_BTF, deterministic)
-
-
 class Block(nn.Module):
-    """One layer: attention then MLP, post-LN (BERT) or pre-norm (GPT/Llama)."""
+    """One layer: attention then MLP, post-LN (BERT) or pre-norm (GPT/Llama), optionally
+    with post-sublayer norms (Gemma); `local` layers attend within the sliding window."""
     cfg: TransformerConfig
     peft: PeftSpec = NO_PEFT
+    local: bool = False
 
     @nn.compact
     def __call__(self, x_BTD, mask_BTS, positions_BT, deterministic: bool, mask_BT=None,
                  decode: str = ""):
         cfg, peft = self.cfg, self.peft
         drop = lambda h: Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        attention = Attention(cfg, peft, name="attention")
+        attention = Attention(cfg, peft, self.local, name="attention")
         mlp = Mlp(cfg, peft, name="mlp")
         attention_norm, mlp_norm = _norm(cfg, "attention_norm"), _norm(cfg, "mlp_norm")
 
@@ -200,9 +203,12 @@ class Block(nn.Module):
 
         attend = lambda h_BTD: attention(h_BTD, mask_BTS, mask_BT, positions_BT, deterministic,
                                          decode)
+        post = lambda name: _norm(cfg, name) if cfg.post_norms else (lambda h: h)
         if cfg.pre_norm:
-            x_BTD = x_BTD + drop(adapt(attend(attention_norm(x_BTD)), "attention"))
-            x_BTD = x_BTD + drop(adapt(mlp(mlp_norm(x_BTD), deterministic), "mlp"))
+            h_BTD = post("attention_post_norm")(attend(attention_norm(x_BTD)))
+            x_BTD = x_BTD + drop(adapt(h_BTD, "attention"))
+            h_BTD = post("mlp_post_norm")(mlp(mlp_norm(x_BTD), deterministic))
+            x_BTD = x_BTD + drop(adapt(h_BTD, "mlp"))
         else:
             x_BTD = attention_norm(x_BTD + adapt(drop(attend(x_BTD)), "attention"))
             x_BTD = mlp_norm(x_BTD + adapt(drop(mlp(x_BTD, deterministic)), "mlp"))
@@ -226,7 +232,7 @@ class _ScanCell(nn.Module):
         block = Block
         if self.remat != "none":
             block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], static_argnums=(4, 6))
-        x_BTD = block(self.cfg, self.peft, name="block")(
+        x_BTD = block(self.cfg, self.peft, layer_is_local(self.cfg, 0), name="block")(
             x_BTD, mask_BTS, positions_BT, self.deterministic, mask_BT, self.decode)
         return x_BTD, None
 
@@ -348,9 +354,12 @@ class Transformer(nn.Module):
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4, 6))
         if not cfg.scan_layers:
             for i in range(cfg.num_layers):
-                x_BTD = block(cfg, self.peft, name=f"layer_{i}")(
+                x_BTD = block(cfg, self.peft, layer_is_local(cfg, i), name=f"layer_{i}")(
                     x_BTD, mask_BTS, positions_BT, deterministic, mask_BT, decode)
             return x_BTD
+        if len(set(cfg.layer_types)) > 1:
+            raise ValueError("scan_layers needs every layer alike; layer_types mixes local and "
+                             "global layers (set scan_layers=False)")
         scanned = nn.scan(
             _ScanCell, variable_axes={c: 0 for c in ("params", PEFT, CACHE, "intermediates")},
             split_rngs={"params": True, "dropout": True}, length=cfg.num_layers,
@@ -415,9 +424,9 @@ class Head(nn.Module):
             return add_bias(matmul(h_BxD, table_VD.T, dt), bias_V)
         if self.task == "causal_lm":
             if cfg.tie_embeddings:
-                return matmul(h_BxD, table_VD.T, dt)
-            return Dense(cfg.vocab_size, (ax.EMBED, ax.VOCAB), use_bias=False, dtype=dt,
-                         name="lm")(h_BxD)
+                return softcap(matmul(h_BxD, table_VD.T, dt), cfg.final_softcap)
+            return softcap(Dense(cfg.vocab_size, (ax.EMBED, ax.VOCAB), use_bias=False, dtype=dt,
+                                 name="lm")(h_BxD), cfg.final_softcap)
         # sequence (already pooled) or token classification
         h_BxD = Dropout(cfg.dropout_rate)(h_BxD, deterministic=deterministic)
         use_bias = cfg.classifier_bias or self.task == "token_classification"
