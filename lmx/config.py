@@ -31,6 +31,12 @@ def base_config() -> ml_collections.ConfigDict:
         # for unrolled `layer_N` names and must pick the same modules in every layer.
         scan_layers=False,
         remat="none",  # "none" | "full" | "dots": recompute activations in the backward pass
+        # Transformer only: the attention kernel (lmx/models/kernels.py). "einsum": the
+        # reference (the only one returning attention probabilities, with attention dropout
+        # and prefix tuning); "xla": jax.nn.dot_product_attention's XLA path; "cudnn": its
+        # cuDNN flash attention (GPU); "splash": the Pallas TPU splash-attention kernel (TPU;
+        # interpreted elsewhere, for tests only). A kernel refuses what it cannot do.
+        attention="einsum",
     ))
 
     c.peft = ml_collections.ConfigDict(dict(
@@ -147,6 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
 CHOICES = {
     "model.family": tuple(families.FAMILIES),
     "model.remat": ("none", "full", "dots"),
+    "model.attention": ("einsum", "xla", "cudnn", "splash"),
     "model.pooling": ("cls", "mean", "last"),
     "model.task": ("sequence_classification", "token_classification", "mlm", "causal_lm",
                    "cloze"),
@@ -284,7 +291,7 @@ def _unread_errors(flat: dict, family) -> list[str]:
     """A key its family / task / data kind does not read, set to a non-default value."""
     defaults = _defaults()
     errors = []
-    for key in ("pooling", "task", "scan_layers", "remat", "dropout_rate",
+    for key in ("pooling", "task", "scan_layers", "remat", "attention", "dropout_rate",
                 "attention_dropout_rate", "image_size"):
         if key not in family.reads and flat[f"model.{key}"] != defaults[f"model.{key}"]:
             readers = [f.name for f in families.FAMILIES.values() if key in f.reads]
