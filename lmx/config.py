@@ -31,6 +31,12 @@ def base_config() -> ml_collections.ConfigDict:
         # for unrolled `layer_N` names and must pick the same modules in every layer.
         scan_layers=False,
         remat="none",  # "none" | "full" | "dots": recompute activations in the backward pass
+        # Transformer only: the attention kernel (lmx/models/kernels.py). "einsum": the
+        # reference (the only one returning attention probabilities, with attention dropout
+        # and prefix tuning); "xla": jax.nn.dot_product_attention's XLA path; "cudnn": its
+        # cuDNN flash attention (GPU); "splash": the Pallas TPU splash-attention kernel (TPU;
+        # interpreted elsewhere, for tests only). A kernel refuses what it cannot do.
+        attention="einsum",
     ))
 
     c.peft = ml_collections.ConfigDict(dict(
@@ -93,6 +99,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         batch_size=32,
+        # > 1: each step's gradient is summed (fp32) over this many micro-batches of
+        # batch_size / grad_accum_steps rows in a scan, then one optimizer update; the loss
+        # is the whole batch's (each real token / example weighs the same), so the step
+        # equals one step on the whole batch with less activation memory.
+        grad_accum_steps=1,
         eval_batch_size=128,
         num_epochs=3.0,
         num_steps=0,  # > 0 overrides num_epochs
@@ -142,6 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
 CHOICES = {
     "model.family": tuple(families.FAMILIES),
     "model.remat": ("none", "full", "dots"),
+    "model.attention": ("einsum", "xla", "cudnn", "splash"),
     "model.pooling": ("cls", "mean", "last"),
     "model.task": ("sequence_classification", "token_classification", "mlm", "causal_lm",
                    "cloze"),
@@ -152,7 +164,7 @@ CHOICES = {
     "train.decay": ("linear", "cosine"),
     "explain.baseline": ("zero", "pad", "mask"),
 }
-POSITIVE = ("train.batch_size", "train.eval_batch_size", "train.log_every", "data.max_length",
+POSITIVE = ("train.batch_size", "train.grad_accum_steps", "train.eval_batch_size", "train.log_every", "data.max_length",
             "data.pad_multiple", "data.bucket_batches", "train.max_checkpoints", "model.image_size")
 NON_NEGATIVE = ("train.num_steps", "train.eval_every", "train.checkpoint_every", "train.num_epochs",
                 "train.learning_rate", "train.weight_decay", "train.grad_clip_norm",
@@ -279,7 +291,7 @@ def _unread_errors(flat: dict, family) -> list[str]:
     """A key its family / task / data kind does not read, set to a non-default value."""
     defaults = _defaults()
     errors = []
-    for key in ("pooling", "task", "scan_layers", "remat", "dropout_rate",
+    for key in ("pooling", "task", "scan_layers", "remat", "attention", "dropout_rate",
                 "attention_dropout_rate", "image_size"):
         if key not in family.reads and flat[f"model.{key}"] != defaults[f"model.{key}"]:
             readers = [f.name for f in families.FAMILIES.values() if key in f.reads]
@@ -341,9 +353,15 @@ def _mesh_errors(flat: dict, num_devices: int) -> list[str]:
     if flat["sharding"] not in sharding.RULE_PRESETS:
         return []
     ways = sharding.batch_ways(sizes, sharding.RULE_PRESETS[flat["sharding"]])
-    return [f"config.train.{k}={flat['train.' + k]} is not divisible by the {ways}-way "
-            f"data-parallel split of mesh {sizes}"
-            for k in ("batch_size", "eval_batch_size") if flat["train." + k] % ways]
+    errors = [f"config.train.{k}={flat['train.' + k]} is not divisible by the {ways}-way "
+              f"data-parallel split of mesh {sizes}"
+              for k in ("batch_size", "eval_batch_size") if flat["train." + k] % ways]
+    accum = flat["train.grad_accum_steps"]
+    if not errors and accum > 0 and flat["train.batch_size"] % (accum * ways):
+        errors.append(f"config.train.batch_size={flat['train.batch_size']} is not divisible "
+                      f"by train.grad_accum_steps={accum} micro-batches x the {ways}-way "
+                      f"data-parallel split of mesh {sizes}")
+    return errors
 
 
 def _prompt_errors(flat: dict) -> list[str]:

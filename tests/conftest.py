@@ -1,5 +1,11 @@
-"""Test set-up: 8 fake CPU devices (before jax touches a backend) and strict rank promotion."""
+"""Test set-up: 8 fake CPU devices (before jax touches a backend) and strict rank promotion.
+
+libtpu is in the test extra (tests compile for TPU topologies): JAX_PLATFORMS=cpu keeps the
+default backend on the CPU, TPU_SKIP_MDS_QUERY=1 stops libtpu asking a metadata server."""
 import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmx.models import kernels
 from lmx.models.decoder_features import make_norm, softcap, window_mask
 from lmx.models.layers import Dense, Dropout
 from lmx.peft import NO_PEFT, PEFT, PeftSpec
@@ -62,6 +63,8 @@ class Attention(nn.Module):
     `mask_BTS` is the full attention mask; when decoding it is None and the mask comes from
     the cache: slot s is visible to query t if it holds a real token and s <= its position.
     A `local` layer also hides keys `cfg.sliding_window` or more slots back.
+    `mask_BT` holds per-token segment ids (0 padding; packed rows 1, 2, ...): the cache keeps
+    which slots are real, and kernels that build their own mask (lmx.models.kernels) read it.
     """
     cfg: Any  # lmx.models.transformer.TransformerConfig (which imports this module)
     peft: PeftSpec = NO_PEFT
@@ -96,14 +99,31 @@ class Attention(nn.Module):
             mask_BTS = mask_BTS & window_mask(index_T, index_T, cfg.sliding_window)[None]
         if self.peft.num_prefix_tokens:
             k_BTGK, v_BTGK, mask_BTS = self._prefix(k_BTGK, v_BTGK, mask_BTS)
-        out_BTF = self._attend(q_BTNK, k_BTGK, v_BTGK, mask_BTS, deterministic)
+        out_BTF = self._attend(q_BTNK, k_BTGK, v_BTGK, mask_BTS, deterministic, mask_BT, decode)
         return Dense(cfg.embed_dim, (ax.HEADS, ax.EMBED), cfg.use_bias, cfg.compute_dtype,
                      peft=self.peft, name="out")(out_BTF, deterministic)
 
-    def _attend(self, q_BTNK, k_BSGK, v_BSGK, mask_BTS, deterministic):
+    def _attend(self, q_BTNK, k_BSGK, v_BSGK, mask_BTS, deterministic, segments_BS=None,
+                decode=""):
         cfg, dt = self.cfg, self.cfg.compute_dtype
         B, T, N, K = q_BTNK.shape
         G = k_BSGK.shape[2]
+        if cfg.attention != "einsum":  # a kernel of lmx.models.kernels
+            kernels.refuse_unsupported(
+                cfg.attention, dropout=0.0 if deterministic else cfg.attention_dropout_rate,
+                probabilities=(self.is_mutable_collection("intermediates")
+                               and not self.is_initializing()),
+                prefix=self.peft.num_prefix_tokens, decode=decode)
+            if cfg.attention_softcap:
+                raise ValueError(f"model.attention={cfg.attention!r} has no attention logit "
+                                 "soft-capping (Gemma 2's attn_logit_softcapping): use 'einsum'")
+            if cfg.attention_scale:  # the kernels scale by K ** -0.5 (Gemma: query_pre_attn)
+                q_BTNK = q_BTNK * (cfg.attention_scale * K ** 0.5)
+            out_BTNK = kernels.attend(cfg.attention, q_BTNK.astype(dt), k_BSGK, v_BSGK,
+                                      mask_BTS=mask_BTS, segments_BS=segments_BS,
+                                      causal=cfg.causal,
+                                      sliding_window=cfg.sliding_window if self.local else 0)
+            return out_BTNK.reshape(B, T, N * K)
         q_BTGQK = q_BTNK.reshape(B, T, G, N // G, K)
         scores_BGQTS = jnp.einsum("btgqk,bsgk->bgqts", q_BTGQK.astype(dt), k_BSGK.astype(dt),
                                   preferred_element_type=jnp.float32) * (cfg.attention_scale

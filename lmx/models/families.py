@@ -91,7 +91,7 @@ def _make_vit(cfg, task: str, num_labels: int, pooling: str, spec: PeftSpec):
 def _transformer_overrides(m) -> dict:
     return dict(dtype=m.dtype, dropout_rate=m.dropout_rate,
                 attention_dropout_rate=m.attention_dropout_rate, use_pooler=m.pooling == "cls",
-                scan_layers=m.scan_layers, remat=m.remat)
+                scan_layers=m.scan_layers, remat=m.remat, attention=m.attention)
 
 
 def _vit_overrides(m) -> dict:
@@ -103,8 +103,8 @@ FAMILIES: dict[str, Family] = {
     "transformer": Family("transformer", transformer.Transformer, transformer.SIZES,
                           transformer.size, _make_transformer, "tokens", _forward_tokens,
                           hf_task=None,
-                          reads=("pooling", "task", "scan_layers", "remat", "dropout_rate",
-                                 "attention_dropout_rate"),
+                          reads=("pooling", "task", "scan_layers", "remat", "attention",
+                                 "dropout_rate", "attention_dropout_rate"),
                           overrides=_transformer_overrides),
     "resnet": Family("resnet", resnet.ResNet, resnet.SIZES, resnet.size, _make_resnet,
                      "images", _forward_resnet, hf_task="image_classification",

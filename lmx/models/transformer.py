@@ -77,6 +77,7 @@ class TransformerConfig:
     dtype: str = "float32"  # matmul input dtype; accumulation is always float32
     scan_layers: bool = False  # one scanned block (params stacked under `layers`): fast compile
     remat: str = "none"  # "none" | "full" | "dots" (save matmul outputs): recompute in backward
+    attention: str = "einsum"  # a kernel of lmx.models.kernels.KERNELS
 
     def __post_init__(self):
         decoder_features.check(self)
@@ -124,6 +125,16 @@ SIZES: dict[str, TransformerConfig] = {
     "llama-1b": TransformerConfig(vocab_size=128256, embed_dim=2048, num_layers=16, num_heads=32,
                                   num_kv_heads=8, head_dim=64, mlp_dim=8192, max_len=8192,
                                   rope_theta=500000.0, **{**_LLAMA, "tie_embeddings": True}),
+    # Shapes for ahead-of-time plans (lmx.scale.aot --topology): Meta-Llama-3-8B and
+    # Qwen2.5-7B. Qwen2's q / k / v biases are left out (use_bias sets every Dense at once):
+    # 0.26 MB of bf16 the plan does not count.
+    "llama3-8b": TransformerConfig(vocab_size=128256, embed_dim=4096, num_layers=32,
+                                   num_heads=32, num_kv_heads=8, head_dim=128, mlp_dim=14336,
+                                   max_len=8192, rope_theta=500000.0, **_LLAMA),
+    "qwen2.5-7b": TransformerConfig(vocab_size=152064, embed_dim=3584, num_layers=28,
+                                    num_heads=28, num_kv_heads=4, head_dim=128, mlp_dim=18944,
+                                    max_len=32768, rope_theta=1000000.0,
+                                    **{**_LLAMA, "norm_eps": 1e-6}),
 }
 
 
@@ -327,9 +338,12 @@ class Transformer(nn.Module):
                 raise ValueError("segment_ids_BT (packed rows) cannot be combined with a soft "
                                  "prompt, a prefix or decoding")
             mask_BTS = mask_BTS & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
+        # per-token segment ids (0 padding) for kernels that take the mask's structure
+        segments_BS = (full_mask_BS.astype(jnp.int32) if segment_ids_BT is None
+                       else jnp.where(full_mask_BS, segment_ids_BT, 0))
         x_BTD = nn.with_logical_constraint(x_BTD, (ax.BATCH, ax.LENGTH, ax.EMBED))
         x_BTD = self._blocks(x_BTD, None if decode else mask_BTS, positions_BT, deterministic,
-                             full_mask_BS, decode)
+                             segments_BS, decode)
         if cfg.pre_norm:
             x_BTD = _norm(cfg, "final_norm")(x_BTD)
         if self.task == "sequence_classification":
@@ -347,6 +361,7 @@ class Transformer(nn.Module):
     def _blocks(self, x_BTD, mask_BTS, positions_BT, deterministic, mask_BT, decode):
         """`num_layers` blocks: unrolled (`layer_i`) or one scanned block (`layers`, stacked)."""
         cfg = self.cfg
+        x_BTD = x_BTD.astype(jnp.float32)  # the residual stream, also under a bf16 base
         if cfg.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={cfg.remat!r} is not one of {sorted(REMAT_POLICIES)}")
         block = Block

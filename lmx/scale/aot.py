@@ -3,10 +3,17 @@
 `lower(config, num_devices)` builds the model, optimizer and train step from shapes only
 (`jax.eval_shape`), shards them on a device-free `AbstractMesh` of `num_devices`, and lowers
 the jitted train step: mesh shape, batch divisibility, logical axis rules and the program
-itself are validated for a pod slice on a laptop. Compiling needs the real devices (XLA
-compiles for a backend), so `compile()` only works where the mesh's devices exist.
+itself are validated for a pod slice on a laptop.
+
+`compile_for_topology(config, "v5e:4x4", seq_len)` goes further where libtpu is installed
+(`pip install 'jax[tpu]'`, no TPU needed): the devices come from the TPU topology description,
+the step is compiled by the TPU compiler, and its per-device argument / temporary / output
+bytes and FLOPs are reported with the optimizer-state bytes. `plan_config` is the LoRA
+fine-tune those plans compile (bf16 base, fp32 LoRA, scanned layers).
 
   python -m lmx.scale.aot --config experiments/NAME.py --num_devices 256 [--config.k=v]
+  python -m lmx.scale.aot --topology v5e:4x4 --size llama3-8b --sharding fsdp \
+      --remat full --batch_seq 16x2048,32x4096 --grad_accum 1,4
 """
 from __future__ import annotations
 
@@ -41,6 +48,83 @@ def lower(config: ml_collections.ConfigDict, num_devices: int, num_labels: int =
     return lowered, _report(config, num_devices, mesh, built.state, built.frozen)
 
 
+# HBM per device (GiB) of the TPU generations a plan names, from Google's TPU system pages.
+HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+TOKEN_LEVEL_TASKS = ("causal_lm", "mlm", "token_classification")
+
+
+def topology_devices(topology: str) -> list:
+    """The devices of a TPU topology ("v5e:4x4", "v4:2x2x2", ...) from libtpu's description:
+    they can be compiled for, not run on."""
+    from jax.experimental import topologies  # noqa: PLC0415
+    try:
+        return list(topologies.get_topology_desc(platform="tpu",
+                                                 topology_name=topology).devices)
+    except Exception as e:  # libtpu missing, or a name it does not know
+        raise ValueError(f"--topology={topology!r}: no TPU topology description ({e}); "
+                         "install libtpu (pip install 'jax[tpu]') and name it like "
+                         "v5e:4x4, v4:2x2x2, v5p:2x2x2") from e
+
+
+def plan_config(size: str, sharding_preset: str, remat: str, batch: int, seq_len: int,
+                grad_accum: int, tensor: int = 4, rank: int = 16,
+                attention: str = "einsum") -> ml_collections.ConfigDict:
+    """A LoRA fine-tune of a causal LM named by the size table, as the TPU plans compile it:
+    LoRA (rank `rank`) on every attention and MLP kernel, only LoRA trains, bf16 matmuls,
+    scanned layers. The data keys are placeholders (a plan reads no data)."""
+    c = config_lib.base_config()
+    c.model.size, c.model.task, c.model.dtype = size, "causal_lm", "bfloat16"
+    c.model.scan_layers, c.model.remat, c.model.attention = True, remat, attention
+    c.model.dropout_rate = c.model.attention_dropout_rate = 0.0
+    c.peft.lora.rank, c.peft.lora.alpha = rank, 2.0 * rank
+    c.peft.lora.targets = (r"params/layer_\d+/(attention/(query|key|value|out)|"
+                           r"mlp/(gate|up|down))/kernel",)
+    c.peft.trainable = (r"peft/.*",)
+    c.data.kind, c.data.train_file, c.data.tokenizer = "text", "tfds:plan", "char"
+    c.data.max_length, c.data.pad_multiple = seq_len, 1
+    c.train.batch_size, c.train.eval_batch_size = batch, batch
+    c.train.grad_accum_steps, c.train.num_steps = grad_accum, 1000
+    c.sharding = sharding_preset
+    c.mesh = (("data", 1), ("fsdp", -1),
+              ("tensor", tensor if sharding_preset == "fsdp_tensor" else 1))
+    return c
+
+
+def compile_for_topology(config: ml_collections.ConfigDict, topology: str, seq_len: int = 0,
+                         base_dtype: str = "bfloat16") -> dict:
+    """Compiles the train step for a TPU topology; the frozen base is held in `base_dtype`
+    (trainable leaves and optimizer state keep theirs). Returns the TPU compiler's numbers."""
+    devices = topology_devices(topology)
+    config_lib.validate(config, len(devices))
+    mesh = sharding.make_mesh(config.mesh, devices)
+    rules = sharding.rules_for(config.sharding)
+    built = build.build(config, 0, mesh=mesh, rules=rules, abstract=True,
+                        total_steps=max(config.train.num_steps, 1000))
+    frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(base_dtype),
+                                                         sharding=x.sharding), built.frozen)
+    batch = _abstract_batch(config, mesh, rules, seq_len or config.data.max_length)
+    step = built.jit_train_step(out_shardings=False)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        compiled = step.trace(built.state, frozen, batch).lower().compile()
+    memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    report = _report(config, len(devices), mesh, built.state, frozen)
+    peak = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
+            + memory.output_size_in_bytes - memory.alias_size_in_bytes)
+    hbm = HBM_GIB.get(topology.split(":")[0], 0) * 2**30
+    report.update(
+        topology=topology, device_kind=devices[0].device_kind, model=config.model.size,
+        remat=config.model.remat, attention=config.model.attention,
+        seq_len=seq_len or config.data.max_length,
+        grad_accum_steps=config.train.grad_accum_steps,
+        per_device_opt_state_bytes=per_device_bytes(built.state.opt_state),
+        argument_bytes=memory.argument_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
+        output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
+        peak_bytes=peak, hbm_bytes=hbm, fits=bool(hbm) and peak <= hbm,
+        flops_per_device=float(cost.get("flops", -1.0)))
+    return report
+
+
 def _abstract_batch(config, mesh, rules, seq_len: int) -> dict:
     size = config.train.batch_size
 
@@ -54,7 +138,9 @@ def _abstract_batch(config, mesh, rules, seq_len: int) -> dict:
                 "labels": leaf((size,), jnp.int32), "weights": leaf((size,), jnp.float32)}
     return {"ids": leaf((size, seq_len), jnp.int32), "mask": leaf((size, seq_len), jnp.bool_),
             "token_types": leaf((size, seq_len), jnp.int32),
-            "labels": leaf((size,), jnp.int32), "weights": leaf((size,), jnp.float32)}
+            "labels": leaf((size, seq_len) if config.model.task in TOKEN_LEVEL_TASKS
+                           else (size,), jnp.int32),
+            "weights": leaf((size,), jnp.float32)}
 
 
 def per_device_bytes(tree) -> int:
@@ -74,11 +160,37 @@ def _report(config, num_devices, mesh, state, frozen) -> dict:
                 (state.trainable, state.opt_state, state.model_state))}
 
 
+def _plans(f) -> list[tuple[str, ml_collections.ConfigDict, int]]:
+    """(topology, config, seq_len) for every point of the flags' grid."""
+    out = []
+    for topology in f.topology.split(","):
+        for size in f.size.split(","):
+            for preset in f.sharding.split(","):
+                for remat in f.remat.split(","):
+                    for batch_seq in f.batch_seq.split(","):
+                        batch, seq_len = (int(x) for x in batch_seq.split("x"))
+                        for accum in (int(a) for a in f.grad_accum.split(",")):
+                            out.append((topology, plan_config(
+                                size, preset, remat, batch, seq_len, accum, f.tensor, f.rank,
+                                f.attention), seq_len))
+    return out
+
+
 def main(argv):
     from absl import flags  # noqa: PLC0415
-    lowered, report = lower(flags.FLAGS.config, flags.FLAGS.num_devices)
-    report["stablehlo_chars"] = len(lowered.as_text())
-    print(json.dumps(report, indent=2))
+    f = flags.FLAGS
+    if not f.topology:
+        lowered, report = lower(f.config, f.num_devices)
+        report["stablehlo_chars"] = len(lowered.as_text())
+        print(json.dumps(report, indent=2))
+        return
+    for topology, config, seq_len in _plans(f):
+        try:
+            report = compile_for_topology(config, topology, seq_len)
+        except ValueError as e:  # a grid point the mesh cannot split: say so, go on
+            report = {"topology": topology, "model": config.model.size,
+                      "sharding": config.sharding, "error": str(e).splitlines()[-1]}
+        print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":
@@ -86,4 +198,14 @@ if __name__ == "__main__":
     from ml_collections import config_flags
     config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
     flags.DEFINE_integer("num_devices", 256, "Devices of the target topology.")
+    flags.DEFINE_string("topology", "", "Comma-separated TPU topologies to compile for "
+                        "(needs libtpu); empty: lower --config for --num_devices.")
+    flags.DEFINE_string("size", "llama3-8b", "Comma-separated sizes of the transformer table.")
+    flags.DEFINE_string("sharding", "fsdp", "Comma-separated presets (fsdp, fsdp_tensor).")
+    flags.DEFINE_string("remat", "full", "Comma-separated remat policies (none, full, dots).")
+    flags.DEFINE_string("batch_seq", "16x2048", "Comma-separated global BATCHxSEQ_LEN.")
+    flags.DEFINE_string("grad_accum", "1", "Comma-separated gradient accumulation steps.")
+    flags.DEFINE_integer("tensor", 4, "Tensor-parallel ways of the fsdp_tensor preset.")
+    flags.DEFINE_integer("rank", 16, "LoRA rank.")
+    flags.DEFINE_string("attention", "einsum", "config.model.attention of the plans.")
     app.run(main)

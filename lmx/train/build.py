@@ -60,6 +60,7 @@ class Built:
     state_shardings: TrainState
     frozen: Any
     total_steps: int
+    grad_accum_steps: int = 1  # config.train.grad_accum_steps
 
     @property
     def module(self) -> nn.Module:
@@ -69,7 +70,8 @@ class Built:
         """`step.train_step` jitted for this model: the state donated, frozen weights not."""
         out = ((self.state_shardings, sharding.replicated(self.mesh)) if out_shardings
                else None)
-        return jax.jit(functools.partial(train_step, model=self.module, tx=self.tx),
+        return jax.jit(functools.partial(train_step, model=self.module, tx=self.tx,
+                                         grad_accum_steps=self.grad_accum_steps),
                        out_shardings=out, donate_argnums=(0,))
 
 
@@ -260,7 +262,8 @@ def build(config: ml_collections.ConfigDict, num_labels: int, *, mesh, rules,
         state = place(TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
                                  opt_state=opt_state, model_state=model_state, rng=train_rng),
                       state_shardings)
-    return Built(model, mesh, rules, labels, tx, state, state_shardings, frozen, total_steps)
+    return Built(model, mesh, rules, labels, tx, state, state_shardings, frozen, total_steps,
+                 config.train.grad_accum_steps)
 
 
 def count(tree: Any) -> int:

@@ -16,6 +16,7 @@ import optax
 from flax import traverse_util
 
 from lmx.models import families
+from lmx.scale import sharding as ax
 from lmx.train import optim
 
 TRAINABLE_COLLECTIONS = ("params", "peft")
@@ -87,6 +88,51 @@ def trainable_grads(state: TrainState, frozen: Any, batch: dict, rng: jax.Array,
     return loss, aux, model_state, grads
 
 
+def accumulated_grads(state: TrainState, frozen: Any, batch: dict, rng: jax.Array, *,
+                      model: nn.Module, steps: int) -> tuple[jax.Array, dict, Any, Any]:
+    """`trainable_grads` of the whole batch, computed over `steps` micro-batches in a
+    `jax.lax.scan` so only one micro-batch's activations are live at a time.
+
+    Convention: the loss is the large batch's, every real token (or example) weighing the
+    same whichever micro-batch holds it: the fp32 sum of each micro-batch's gradient of its
+    loss *sum*, divided once by the whole batch's count of weighted labels (not a mean of
+    micro-batch means, which would overweight a micro-batch with few real tokens). Micro-batch
+    i takes rows i, i + steps, ... so each one stays split over the data-parallel devices.
+    Dropout draws one key per micro-batch; BatchNorm statistics update once per micro-batch.
+    """
+    size = jax.tree.leaves(batch)[0].shape[0]
+    if size % steps:
+        raise ValueError(f"batch of {size} rows does not split into grad_accum_steps={steps}")
+
+    def micro(x):  # (B, ...) -> (steps, B // steps, ...), rows strided as documented
+        x = jnp.swapaxes(x.reshape(size // steps, steps, *x.shape[1:]), 0, 1)
+        return nn.with_logical_constraint(x, (None, ax.BATCH) + (None,) * (x.ndim - 2))
+
+    def body(carry, inputs):
+        grads_sum, aux_sum, model_state = carry
+        batch_i, rng_i = inputs
+
+        def loss_sum_of(trainable):
+            variables = merge(trainable, frozen, model_state)
+            logits, new_model_state = forward(model, variables, batch_i, train=True, rng=rng_i)
+            _, aux = classification_loss(logits, batch_i)
+            return aux["loss_sum"], (aux, new_model_state or model_state)
+
+        (_, (aux, model_state)), grads = jax.value_and_grad(loss_sum_of, has_aux=True)(
+            state.trainable)
+        grads_sum = jax.tree.map(lambda s, g: s + g.astype(jnp.float32), grads_sum, grads)
+        return (grads_sum, jax.tree.map(jnp.add, aux_sum, aux), model_state), None
+
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), state.trainable)
+    aux0 = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
+    (grads_sum, aux, model_state), _ = jax.lax.scan(
+        body, (zeros, aux0, state.model_state),
+        (jax.tree.map(micro, batch), jax.random.split(rng, steps)))
+    count = jnp.maximum(aux["count"], 1.0)
+    grads = jax.tree.map(lambda g, x: (g / count).astype(x.dtype), grads_sum, state.trainable)
+    return aux["loss_sum"] / count, aux, model_state, grads
+
+
 def apply_gradients(trainable: Any, frozen: Any, grads: Any, opt_state: Any,
                     tx: optax.GradientTransformation) -> tuple[Any, Any]:
     """(new trainable, new optimizer state) from the gradients of the trainable leaves.
@@ -102,11 +148,18 @@ def apply_gradients(trainable: Any, frozen: Any, grads: Any, opt_state: Any,
 
 
 def train_step(state: TrainState, frozen: Any, batch: dict, *, model: nn.Module,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
-    """One optimizer step; frozen weights are never differentiated nor updated."""
+               tx: optax.GradientTransformation, grad_accum_steps: int = 1
+               ) -> tuple[TrainState, dict]:
+    """One optimizer step; frozen weights are never differentiated nor updated.
+    `grad_accum_steps` > 1 computes the gradient over that many micro-batches
+    (`accumulated_grads`)."""
     rng, dropout_rng = jax.random.split(state.rng)
-    loss, aux, model_state, grads = trainable_grads(state, frozen, batch, dropout_rng,
-                                                    model=model)
+    if grad_accum_steps > 1:
+        loss, aux, model_state, grads = accumulated_grads(
+            state, frozen, batch, dropout_rng, model=model, steps=grad_accum_steps)
+    else:
+        loss, aux, model_state, grads = trainable_grads(state, frozen, batch, dropout_rng,
+                                                        model=model)
     trainable, opt_state = apply_gradients(state.trainable, frozen, grads, state.opt_state, tx)
     new_state = state.replace(
         step=state.step + 1,
