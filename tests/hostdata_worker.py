@@ -13,16 +13,14 @@ WORKDIR/process-P.npz.
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax
+import numpy as np
+from flax import traverse_util
+from jax.experimental import multihost_utils
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import traverse_util  # noqa: E402
-from jax.experimental import multihost_utils  # noqa: E402
-
-from lmx.data import batching, examples, hostdata  # noqa: E402
-from lmx.hf import load_tokenizer  # noqa: E402
-from lmx.scale import distributed, sharding  # noqa: E402
+from lmx.data import batching, examples, hostdata
+from lmx.hf import load_tokenizer
+from lmx.scale import distributed, sharding
 
 BATCH, MAX_LENGTH, SEED = 8, 24, 3
 
@@ -115,5 +113,6 @@ def main(port: str, process_id: str, workdir: str, model_dir: str = "") -> None:
     multihost_utils.sync_global_devices("done")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # (imported by test_hostdata, which keeps its 8 devices)
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"  # before the backend
     main(*sys.argv[1:])
