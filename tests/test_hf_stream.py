@@ -113,9 +113,10 @@ def test_streamed_load_equals_eager_bit_for_bit(case, tmp_path, reads):
         np.testing.assert_array_equal(np.asarray(got), want, err_msg=path)
         split += not got.sharding.is_fully_replicated
     assert split >= 6  # kernels and embeddings really are split over the 8 devices
-    # each device reads only its slice: no read of a split leaf covers the whole tensor
-    largest = max(int(np.prod(np.shape(v))) for v in flat_eager.values())
-    assert max(int(np.prod(shape)) for _, shape in reads) < largest
+    # each distinct device slice is read once and nothing else (not whole tensors, sliced)
+    slices = sum(len({str(s.index) for s in x.addressable_shards}) * int(np.prod(
+        x.sharding.shard_shape(x.shape))) for x in flat_placed.values())
+    assert sum(int(np.prod(shape)) for _, shape in reads) == slices
 
 
 def test_lazy_refuses_adapters_and_names_bad_index(tmp_path):
@@ -127,6 +128,10 @@ def test_lazy_refuses_adapters_and_names_bad_index(tmp_path):
     index["weight_map"]["lm_head.weight"] = "model-00009-of-00009.safetensors"
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(FileNotFoundError, match="model-00009-of-00009.safetensors"):
+        lmx.hf.from_pretrained(folder, lazy=True)
+    (folder / "model.safetensors.index.json").unlink()
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"\x10\x00not safetensors")
+    with pytest.raises(ValueError, match="model-00001-of-00002.safetensors: not a readable"):
         lmx.hf.from_pretrained(folder, lazy=True)
 
 

@@ -183,13 +183,16 @@ def open_tensors(model_dir: pathlib.Path, filename: str = "model") -> dict[str, 
         path = model_dir / name
         if not path.is_file():
             raise FileNotFoundError(f"{index_file} names {name}, which is not in {model_dir}")
-        with safe_open(str(path), framework="numpy") as f:
-            for key in f.keys():  # noqa: SIM118  (safe_open is not a mapping)
-                if weight_map is not None and weight_map.get(key) != name:
-                    continue
-                piece = f.get_slice(key)
-                tensors[key] = LazyTensor(str(path), key, tuple(piece.get_shape()),
-                                          np.dtype(_DTYPES[piece.get_dtype()]))
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                for key in f.keys():  # noqa: SIM118  (safe_open is not a mapping)
+                    if weight_map is not None and weight_map.get(key) != name:
+                        continue
+                    piece = f.get_slice(key)
+                    tensors[key] = LazyTensor(str(path), key, tuple(piece.get_shape()),
+                                              np.dtype(_DTYPES[piece.get_dtype()]))
+        except Exception as e:  # safetensors' own errors do not name the file
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
     if weight_map is not None and set(weight_map) - set(tensors):
         raise ValueError(f"{index_file} maps tensors its files lack: "
                          f"{sorted(set(weight_map) - set(tensors))[:10]}")
