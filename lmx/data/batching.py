@@ -26,14 +26,15 @@ Transform = Callable[[dict], dict]
 
 # --- padding -----------------------------------------------------------------------------
 
-def pad_batch(rows: Sequence[dict], batch_size: int, *, pad_id: int, pad_multiple: int = 8
-              ) -> dict[str, np.ndarray]:
+def pad_batch(rows: Sequence[dict], batch_size: int, *, pad_id: int, pad_multiple: int = 8,
+              longest: int = 0) -> dict[str, np.ndarray]:
     """`rows` padded to B = `batch_size` rows (filler: weight 0) and T = the longest rounded up
-    to `pad_multiple` (few distinct shapes to compile). Keys other than ids / token_types /
-    labels / images are dropped."""
+    to `pad_multiple` (few distinct shapes to compile); `longest` > 0: the longest row of the
+    global batch these rows are part of (one host's rows take the global batch's T). Keys
+    other than ids / token_types / labels / images are dropped."""
     if "images" in rows[0]:
         return _stack_images(rows, batch_size)
-    longest = max(len(r["ids"]) for r in rows)
+    longest = max([longest] + [len(r["ids"]) for r in rows])
     T = pad_multiple * math.ceil(longest / pad_multiple)
     ids_BT = np.full((batch_size, T), pad_id, np.int32)
     mask_BT = np.zeros((batch_size, T), bool)
@@ -162,9 +163,13 @@ def _row(examples, index: int, epoch: int, transform: Transform | None) -> dict:
 
 def train_batches(examples, batch_size: int, *, seed: int, start_step: int, pad_id: int,
                   pad_multiple: int = 8, bucket_batches: int = 8,
-                  transform: Transform | None = None, pack_length: int = 0
-                  ) -> Iterator[dict[str, np.ndarray]]:
+                  transform: Transform | None = None, pack_length: int = 0,
+                  rows: slice | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Endless training batches from `start_step` (exact resume).
+
+    `rows`: only these rows of every global batch (one host's share, `lmx.scale.distributed.
+    process_rows`), padded to the global batch's length (from `lengths`, no other example
+    read): the rows of the batch a single process makes.
 
     Padded mode: `epoch_order` batches, each padded by `pad_batch`. Packed mode
     (`pack_length` T > 0): the epoch's examples, shuffled (rng [seed, epoch]), packed into
@@ -179,6 +184,9 @@ def train_batches(examples, batch_size: int, *, seed: int, start_step: int, pad_
         raise ValueError(f"{what} make fewer than batch_size={batch_size} rows")
     epoch, offset = divmod(start_step, per_epoch)
     lengths_N = lengths_of(examples)
+    if rows is not None and pack_length:
+        raise ValueError("per-host rows of packed batches are not supported (packing reads "
+                         "every example of the epoch)")
     while True:
         if pack_length:
             yield from _packed_epoch(examples, batch_size, seed=seed, epoch=epoch,
@@ -189,8 +197,10 @@ def train_batches(examples, batch_size: int, *, seed: int, start_step: int, pad_
             batches = epoch_order(lengths_N, batch_size, seed=seed, epoch=epoch,
                                   bucket_batches=bucket_batches)
             for index_B in batches[offset:]:
-                rows = [_row(examples, i, epoch, transform) for i in index_B]
-                yield pad_batch(rows, batch_size, pad_id=pad_id, pad_multiple=pad_multiple)
+                mine = index_B if rows is None else index_B[rows]
+                longest = int(lengths_N[index_B].max()) if rows is not None else 0
+                yield pad_batch([_row(examples, i, epoch, transform) for i in mine], len(mine),
+                                pad_id=pad_id, pad_multiple=pad_multiple, longest=longest)
         epoch, offset = epoch + 1, 0
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from lmx.hf import adapters, core
+from lmx.hf import adapters, core, stream
 from lmx.models.transformer import stack_layers, unstack_layers
 from lmx.peft import NO_PEFT
 
@@ -81,7 +81,7 @@ def module_from_config(path_or_id: str | pathlib.Path, task: str | None = None,
 
 def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
                     num_labels: int | None = None, adapter: str | pathlib.Path | None = None,
-                    fresh_heads: bool = True,
+                    fresh_heads: bool = True, lazy: bool = False,
                     **config_overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
     """An lmx module and its variables (numpy, float32) from a HF folder or hub id.
 
@@ -94,15 +94,19 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
       adapter: a PEFT adapter folder to load into the `peft` collection.
       fresh_heads: initialise task-head weights the checkpoint lacks (seed 0, as
         transformers does); False leaves them out (lmx's trainer initialises them itself).
+      lazy: nothing is read yet: checkpoint leaves are `stream.LazyLeaf`s (safetensors
+        only) that `stream.place` / `stream.place_tree` read slice by slice straight into
+        their shardings (peak host memory about one tensor); needs no adapter.
       config_overrides: lmx config fields to replace (e.g. dtype, dropout_rate).
     """
     if config_overrides.get("scan_layers"):  # load unrolled, then stack the layers
         module, variables = from_pretrained(path_or_id, task, num_labels, adapter, fresh_heads,
-                                            **{**config_overrides, "scan_layers": False})
+                                            lazy, **{**config_overrides, "scan_layers": False})
         if module.peft != NO_PEFT:
             raise ValueError("scan_layers with an adapter: load unrolled, then stack_layers")
         scanned = module.clone(cfg=dataclasses.replace(module.cfg, scan_layers=True))
-        return scanned, stack_layers(variables, module.cfg.num_layers)
+        stack = _stack_lazy if lazy else stack_layers
+        return scanned, stack(variables, module.cfg.num_layers)
     from lmx.hf import pretrained  # noqa: PLC0415
     model_dir = pretrained.resolve_model_dir(str(path_or_id))
     hf_config = core.read_config(model_dir)
@@ -110,10 +114,12 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
     task = task_of(family, hf_config, task)
     module = family.build(hf_config, task, num_labels, None, **config_overrides)
     adapter_data = None
+    if adapter is not None and lazy:
+        raise ValueError(f"from_pretrained(adapter={adapter}, lazy=True): load adapters eagerly")
     if adapter is not None:
         peft_spec, adapter_data = adapters.read(pathlib.Path(adapter), family, module)
         module = module.clone(peft=peft_spec)
-    tensors = _read_hook(family, module, core.read_tensors(model_dir))
+    tensors = _read_hook(family, module, _tensors(model_dir, lazy))
     expected = core.abstract_variables(module, *family.example_inputs(module))
     rules = {p: r for p, r in family.tensor_map(module).items() if p in expected}
     head_rules = {p: rules.pop(p) for p in list(rules) if family.is_new_for_task(p)}
@@ -132,11 +138,35 @@ def from_pretrained(path_or_id: str | pathlib.Path, task: str | None = None,
 def _drop_resized_heads(head_rules, tensors, expected, source):
     for path, rule in head_rules.items():
         if rule.name in tensors and rule.part is None:
-            shape = core.to_lmx(np.asarray(tensors[rule.name]), rule.kind).shape
+            shape = core.lmx_shape(tensors[rule.name], rule.kind)
             if shape != tuple(expected[path].shape):
                 logging.warning("%s: %s has shape %s, the requested head %s: initialised anew",
                                 source, rule.name, shape, tuple(expected[path].shape))
                 tensors.pop(rule.name)
+
+
+def _tensors(model_dir: pathlib.Path, lazy: bool) -> dict[str, Any]:
+    """The checkpoint's tensors: read (`core.read_tensors`), or listed lazily from its
+    safetensors (a folder with only torch .bin files is read as before)."""
+    if lazy and (list(model_dir.glob("model*.safetensors"))):
+        return stream.open_tensors(model_dir)
+    return core.read_tensors(model_dir)
+
+
+def _stack_lazy(variables: dict, num_layers: int) -> dict:
+    """`stack_layers` for lazy leaves: each stacked leaf reads its layers when placed."""
+    def stack(*leaves):
+        return stream.LazyStack(leaves) if stream.is_lazy(leaves[0]) else np.stack(leaves)
+    out = {}
+    for collection, node in variables.items():
+        if not isinstance(node, dict) or "layer_0" not in node:
+            out[collection] = node
+            continue
+        rest = {k: v for k, v in node.items() if not k.startswith("layer_")}
+        layers = [node[f"layer_{i}"] for i in range(num_layers)]
+        rest["layers"] = {"block": jax.tree.map(stack, *layers, is_leaf=stream.is_lazy)}
+        out[collection] = rest
+    return out
 
 
 def _read_hook(family, module, tensors):

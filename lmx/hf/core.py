@@ -30,6 +30,7 @@ from absl import logging
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from lmx.hf import stream
 from lmx.models.transformer import Transformer
 
 KINDS = ("copy", "linear", "conv")
@@ -133,6 +134,16 @@ def to_lmx(array: np.ndarray, kind: str) -> np.ndarray:
     return array
 
 
+def lmx_shape(tensor, kind: str) -> tuple[int, ...]:
+    """The shape `to_lmx` gives `tensor` (an array or a lazy tensor), without reading it."""
+    shape = tuple(np.shape(tensor))
+    if kind == "linear":
+        return shape[::-1]
+    if kind == "conv":
+        return tuple(shape[i] for i in (2, 3, 1, 0))
+    return shape
+
+
 def to_hf(array: np.ndarray, kind: str) -> np.ndarray:
     if kind == "linear":
         return array.T
@@ -183,6 +194,7 @@ def load(rules: dict[str, Rule], tensors: dict[str, np.ndarray],
     """Nested variables for every `expected` leaf that has a rule, from HF `tensors`.
 
     Consumed tensors are removed from `tensors`; what remains is the caller's to report.
+    `stream.LazyTensor`s give `stream.LazyLeaf`s (nothing read; `stream.place` reads them).
     Raises ValueError listing all missing HF tensors and all shape mismatches at once.
     """
     flat, missing, mismatched, used = {}, [], [], set()
@@ -192,23 +204,34 @@ def load(rules: dict[str, Rule], tensors: dict[str, np.ndarray],
         if rule.name not in tensors:
             missing.append(rule.name)
             continue
-        array = to_lmx(np.asarray(tensors[rule.name]), rule.kind)
+        array = _lmx_leaf(tensors[rule.name], rule)
         used.add(rule.name)
-        if rule.part is not None:
-            i, n = rule.part
-            array = np.split(array, n, axis=-1)[i]
         shape = tuple(expected[path].shape)
         if array.shape != shape:
             mismatched.append(f"{rule.name} -> {path}: checkpoint gives {array.shape}, "
                               f"lmx expects {shape}")
             continue
-        flat[path] = np.ascontiguousarray(array, dtype=np.dtype(expected[path].dtype))
+        dtype = np.dtype(expected[path].dtype)
+        flat[path] = (array.astype(dtype) if stream.is_lazy(array)
+                      else np.ascontiguousarray(array, dtype=dtype))
     if missing or mismatched:
         raise ValueError(f"{source} does not fit lmx:\n  missing tensors: {sorted(missing)}\n"
                          f"  shape mismatches: {mismatched}")
     for name in used:
         tensors.pop(name)
     return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _lmx_leaf(tensor, rule: Rule):
+    """The lmx leaf `rule` takes from `tensor`: an array, or a `stream.LazyLeaf` (nothing
+    read) when the tensor is a `stream.LazyTensor`."""
+    if stream.is_lazy(tensor):
+        return stream.LazyLeaf.of(tensor, rule.kind, rule.part)
+    array = to_lmx(np.asarray(tensor), rule.kind)
+    if rule.part is not None:
+        i, n = rule.part
+        array = np.split(array, n, axis=-1)[i]
+    return array
 
 
 def unused(tensors: dict[str, np.ndarray], source: str) -> list[str]:

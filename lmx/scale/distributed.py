@@ -3,7 +3,9 @@
 `initialize` is called by the launcher. Explicit flags win; otherwise a cluster is detected
 from the environment (Cloud TPU pod slices through JAX's own detection, SLURM, or the
 `JAX_COORDINATOR_ADDRESS` / `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID` variables a GPU launcher
-sets, or LMX_DISTRIBUTED=1 to let JAX detect it). A single process needs nothing.
+sets, or LMX_DISTRIBUTED=1 to let JAX detect it). A single process needs nothing. Batches
+reach the devices as each host's rows: `global_batch` (every host made the whole batch) or
+`host_batch` (each host made only its rows, `lmx.data.hostdata`).
 """
 from __future__ import annotations
 
@@ -79,3 +81,12 @@ def global_batch(batch: dict[str, np.ndarray], sharding_of) -> dict[str, jax.Arr
             rows = process_rows(sharding, value.shape)
             out[key] = jax.make_array_from_process_local_data(sharding, value[rows], value.shape)
     return out
+
+
+def host_batch(batch: dict[str, np.ndarray], sharding_of, batch_size: int
+               ) -> dict[str, jax.Array]:
+    """This process's rows of a global batch (`process_rows`; per-host input) -> global
+    jax.Arrays of `batch_size` rows; no process holds another's rows."""
+    return {key: jax.make_array_from_process_local_data(
+        sharding_of(value.ndim), value, (batch_size, *value.shape[1:]))
+        for key, value in batch.items()}

@@ -98,7 +98,8 @@ def architecture(config: ml_collections.ConfigDict, num_labels: int,
                  vocab_size: int | None = None, load: bool = True):
     """(family config, pretrained variables or None, pretrained folder or "").
 
-    `vocab_size`: a model trained from scratch takes its tokenizer's vocabulary. `load=False`
+    Pretrained variables are lazy (`lmx.hf.stream`): `create` reads each straight into its
+    sharding. `vocab_size`: a model trained from scratch takes its tokenizer's vocabulary. `load=False`
     reads only a pretrained folder's config.json (the AOT check needs no weights)."""
     m = config.model
     family = families.get(m.family)
@@ -116,7 +117,7 @@ def architecture(config: ml_collections.ConfigDict, num_labels: int,
         variables = None
     else:
         module, variables = lmx.hf.from_pretrained(model_dir, task=task, num_labels=num_labels,
-                                                   fresh_heads=False, **overrides)
+                                                   fresh_heads=False, lazy=True, **overrides)
     if not isinstance(module, family.module_class):
         raise ValueError(f"config.model.pretrained={m.pretrained!r} is a "
                          f"{type(module).__name__}, not a {family.module_class.__name__} "
@@ -169,9 +170,10 @@ def _overlay_collection(variables: dict, shardings: dict, loaded: dict, source: 
     if unused:
         logging.warning("%s: %d pretrained tensors unused by this task: %s", source,
                         len(unused), unused)
-    for k, v in flat_loaded.items():
+    from lmx.hf import stream  # noqa: PLC0415  (safetensors only needed here)
+    for k, v in flat_loaded.items():  # one tensor at a time, each device's slice read alone
         if k in flat:
-            flat[k] = jax.device_put(np.asarray(v, flat[k].dtype), flat_sh[k])
+            flat[k] = stream.place(v, flat_sh[k], flat[k].dtype)
     return {**variables, collection: traverse_util.unflatten_dict(flat)}
 
 
