@@ -6,6 +6,7 @@ the same thing on the same batch (bench.workloads' resnet50 row: B=8, 224 px, 10
                    torch: bench.torch_side.train_step)
   --mode forward   the forward pass alone (BatchNorm as --bn says; torch under no_grad)
   --mode grad      loss and parameter gradients, no optimizer
+  --mode convs     lmx only: single ResNet-50 convolutions, forward / input grad / kernel grad
 Levers (each changes one thing): --bn eval, --dtype bfloat16 (lmx), --xla_flags "...",
 --threads N (both sides: XLA's intra-op pool via --xla_cpu_multi_thread_eigen / torch
 set_num_threads), --sides lmx to skip torch. --hlo FILE writes lmx's optimised HLO and prints
@@ -48,6 +49,52 @@ def hlo_summary(text: str) -> dict:
                                          entry))
     nested = collections.Counter(re.findall(r"= \S+ (convolution|dot)\(", text)) - ops
     return {"fusions": dict(kinds), "entry_ops": dict(ops), "ops_inside_fusions": dict(nested)}
+
+
+CONV_SHAPES = (  # (H, C, O, kernel, stride) of ResNet-50 convolutions at B=8
+    (56, 64, 64, 3, 1), (56, 256, 64, 1, 1), (56, 256, 512, 1, 2), (28, 128, 128, 3, 2),
+    (224, 3, 64, 7, 2))
+
+
+def conv_parts(args) -> None:
+    """Single convolutions: forward, input gradient, kernel gradient, and the kernel gradient
+    as k*k matmuls over shifted pixels; GFLOP/s of each (lmx's process only)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    def conv(x, w, s):
+        k = w.shape[0]
+        return jax.lax.conv_general_dilated(x, w, (s, s), [((k - 1) // 2, k // 2)] * 2,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def kernel_grad_as_matmuls(x, dy, k, s):
+        xp = jnp.pad(x, [(0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2), (0, 0)])
+        n = dy.shape[1]
+        taps = [jnp.einsum("bhwc,bhwo->co", xp[:, i:i + s * (n - 1) + 1:s,
+                                               j:j + s * (n - 1) + 1:s], dy)
+                for i in range(k) for j in range(k)]
+        return jnp.stack(taps).reshape(k, k, x.shape[-1], dy.shape[-1])
+
+    rng = np.random.default_rng(0)
+    for H, C, O, k, s in CONV_SHAPES:
+        x = jnp.asarray(rng.standard_normal((8, H, H, C), np.float32))
+        w = jnp.asarray(rng.standard_normal((k, k, C, O), np.float32))
+        dy = jnp.asarray(rng.standard_normal((8, H // s, H // s, O), np.float32))
+        flops = 2 * 8 * (H // s) ** 2 * C * O * k * k
+        fns = {"fwd": (jax.jit(lambda x, w, s=s: conv(x, w, s)), (x, w)),
+               "dx": (jax.jit(lambda x, w, dy, s=s: jax.vjp(lambda x: conv(x, w, s), x)[1](dy)[0]),
+                      (x, w, dy)),
+               "dw": (jax.jit(lambda x, w, dy, s=s: jax.vjp(lambda w: conv(x, w, s), w)[1](dy)[0]),
+                      (x, w, dy)),
+               "dw as matmuls": (jax.jit(lambda x, dy, k=k, s=s: kernel_grad_as_matmuls(
+                   x, dy, k, s)), (x, dy))}
+        row = []
+        for name, (fn, fn_args) in fns.items():
+            t = _median(lambda fn=fn, a=fn_args: jax.block_until_ready(fn(*a)), 2,
+                        args.repeats)["median_s"]
+            row.append(f"{name} {t * 1e3:.1f} ms {flops / t / 1e9:.0f} GFLOP/s")
+        print(f"| {H}x{H} {C}->{O} k{k} s{s} | " + " | ".join(row) + " |", flush=True)
 
 
 def lmx_worker(args) -> dict:
@@ -154,7 +201,7 @@ def _spawn(side: str, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mode", choices=("train", "forward", "grad"), default="train")
+    p.add_argument("--mode", choices=("train", "forward", "grad", "convs"), default="train")
     p.add_argument("--bn", choices=("train", "eval"), default="train")
     p.add_argument("--dtype", default="float32", help="lmx's conv / matmul input dtype")
     p.add_argument("--xla_flags", default="", help="added to XLA_FLAGS of the lmx process")
@@ -168,6 +215,8 @@ def main() -> None:
     p.add_argument("--label", default="", help="the lever's name in the printed row")
     p.add_argument("--worker", choices=("lmx", "torch"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.mode == "convs":
+        return conv_parts(args)  # in this process, which has not imported torch
     if args.worker:
         result = (lmx_worker if args.worker == "lmx" else torch_worker)(args)
         print(json.dumps(result), flush=True)
