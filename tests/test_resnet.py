@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec
 
 from lmx import paths
 from lmx.models import resnet
+from lmx.models.layers import Conv
 from lmx.peft import PeftSpec
 
 NUM_LABELS = 5
@@ -144,3 +145,18 @@ def test_every_parameter_has_logical_axes():
     kernel_spec = specs["params"]["stage_1"]["block_0"]["conv_1"]["kernel"]
     assert tuple(kernel_spec) == (None, None, "conv_in", "conv_out")
     assert tuple(specs["params"]["stem_norm"]["bias"]) == ("conv_out",)
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+def test_1x1_conv_as_matmul_equals_convolution(strides):
+    x = jax.random.normal(jax.random.key(3), (2, 7, 7, 16), jnp.float32)
+    conv = Conv(8, (1, 1), strides)
+    variables = nn.unbox(conv.init(jax.random.key(4), x))
+    kernel = variables["params"]["kernel"]
+    reference = lambda k: jax.lax.conv_general_dilated(
+        x, k, strides, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(conv.apply(variables, x), reference(kernel), rtol=1e-5, atol=1e-5)
+    weights = jax.random.normal(jax.random.key(5), reference(kernel).shape)
+    grad_ours = jax.grad(lambda k: jnp.sum(conv.apply({"params": {"kernel": k}}, x) * weights))
+    grad_ref = jax.grad(lambda k: jnp.sum(reference(k) * weights))
+    np.testing.assert_allclose(grad_ours(kernel), grad_ref(kernel), rtol=1e-4, atol=1e-4)

@@ -164,7 +164,11 @@ class Dense(nn.Module):
 
 
 class Conv(nn.Module):
-    """2-D convolution (NHWC, no bias), plus a LoRA update (k x k conv to R, then 1x1 to O)."""
+    """2-D convolution (NHWC, no bias), plus a LoRA update (k x k conv to R, then 1x1 to O).
+
+    1x1 kernels run as one (B*H*W, C) x (C, O) matmul: XLA:CPU's convolution path runs their
+    weight gradients 3-8x slower than the same dot (bench/RESNET.md).
+    """
     features: int
     kernel_size: tuple[int, int]
     strides: tuple[int, int] = (1, 1)
@@ -172,6 +176,9 @@ class Conv(nn.Module):
     peft: PeftSpec = NO_PEFT
 
     def _conv(self, x_BHWC, kernel, strides):
+        if kernel.shape[:2] == (1, 1):  # one matmul over the pixels (class docstring)
+            x_BHWC = x_BHWC[:, ::strides[0], ::strides[1], :]
+            return matmul(x_BHWC, kernel[0, 0], self.dtype)
         pad = [((k - 1) // 2, k // 2) for k in kernel.shape[:2]]
         return jax.lax.conv_general_dilated(
             x_BHWC.astype(self.dtype), kernel.astype(self.dtype), strides, pad,
