@@ -26,7 +26,15 @@ huggingface_hub; LoRA r=16 on every linear layer, its own tokenizer and chat tem
 `runlocal`: 20 steps from scratch on the shipped data (a smoke run).
 
 Data: BANKING77 (Casanueva et al. 2020; CC BY 4.0), shipped in data/banking77.
-Measured: see the README results table (exact match, wall time, command).
+Measured (2026-12-06, 2-core AMD EPYC shared with other jobs): pretrain 1,152 steps of 16 x 192
+tokens, 6 min 40 s wall (368 s training), validation loss 2.036 nats per user-turn token;
+SFT 1,152 steps, 7 min 11 s wall (385 s training, 47.9 conversations/s): exact match 0.739 /
+0.814 / 0.851 / 0.874 / 0.873 / **0.875** at steps 200 / 400 / ... / 1,152 (validation loss
+0.081 per answer token) against banking77_lora's 0.924 accuracy on the same queries. What
+limits it: 2.4M weights that know only 9,000 queries (the encoder starts from
+all-MiniLM-L6-v2's 22M weights pre-trained on a billion sentence pairs); every wrong answer
+still has to spell a whole intent name token by token; `scratch` (no pre-training) was not
+measured in this session.
 """
 import os
 

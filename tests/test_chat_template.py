@@ -115,3 +115,18 @@ def test_a_folder_without_a_template_is_an_error_naming_it(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{}")
     with pytest.raises(ValueError, match=f"{tmp_path} has no chat template"):
         chat_template.load_chat_template(tmp_path)
+
+
+def test_whitespace_control_and_loop_controls_match_transformers():
+    """trim_blocks / lstrip_blocks / {% continue %} / tojson(indent=2) as transformers has them
+    (the published templates above strip whitespace by hand, so they would not notice)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+    template = ("{% for m in messages %}\n  {% if m.role == 'system' %}{% continue %}{% endif %}\n"
+                "    <{{ m.role }}>{{ m | tojson(indent=2) }}\n{% endfor %}\n"
+                "{% if add_generation_prompt %}  <assistant>{% endif %}")
+    messages = [SYSTEM] + TURNS
+    for generation_prompt in (False, True):
+        [want], _ = render_jinja_template([messages], chat_template=template,
+                                          add_generation_prompt=generation_prompt)
+        assert chat_template.render(template, messages,
+                                    add_generation_prompt=generation_prompt) == want
