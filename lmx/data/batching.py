@@ -8,7 +8,8 @@ one would have. Examples are a sequence of dicts (`ids` (L,), optional `token_ty
 
 Batches: `ids_BT`, `mask_BT`, `token_types_BT`, `labels` (`_BT`, IGNORE on padding, or `_B`),
 `weights_B` (0 for filler rows); image batches `images_BHWC`, `labels_B`, `weights_B`. Packed
-batches add `segment_ids_BT` (1, 2, ... per row; 0 = padding) and `positions_BT`.
+batches add `segment_ids_BT` (1, 2, ... per row; 0 = padding) and `positions_BT`; documents
+are cut at row ends (`pack`: language modelling) or kept whole (`pack_whole`: chat SFT).
 
 Axis legend: N examples (or packed rows), B batch, T padded / packed length, L one example.
 """
@@ -105,12 +106,50 @@ def pack(documents: Sequence[np.ndarray], seq_len: int, pad_id: int,
     return out
 
 
-def _packed_rows(rows: Sequence[dict], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
-    """`pack` of the rows' ids (and per-token labels) as a task batch of N rows: `mask_NT`
-    (= segment_ids > 0), zero `token_types_NT`, `labels_NT` (IGNORE without labels), and
-    weights 1 (padding carries no loss through its labels)."""
+def pack_whole(documents: Sequence[np.ndarray], seq_len: int, pad_id: int,
+               labels: Sequence[np.ndarray] | None = None, open_rows: int = 16
+               ) -> dict[str, np.ndarray]:
+    """`pack`'s arrays, but every document whole in one row (conversations for chat SFT:
+    a cut one would lose its context): each goes to the first of the last `open_rows` rows
+    with room, else starts a new row; the rest of a row is padding (segment 0). Segments
+    number 1, 2, ... left to right; a document longer than `seq_len` is an error."""
+    fill, place = [], []
+    for d, document in enumerate(documents):
+        L = len(document)
+        if L > seq_len:
+            raise ValueError(f"document {d} has {L} tokens, more than a row's {seq_len}")
+        row = next((r for r in range(max(0, len(fill) - open_rows), len(fill))
+                    if fill[r] + L <= seq_len), None)
+        if row is None:
+            row = len(fill)
+            fill.append(0)
+        place.append((row, fill[row]))
+        fill[row] += L
+    N = max(1, len(fill))
+    out = {"ids": np.full((N, seq_len), pad_id, np.int32),
+           "segment_ids": np.zeros((N, seq_len), np.int32),
+           "positions": np.zeros((N, seq_len), np.int32)}
+    if labels is not None:
+        out["labels"] = np.full((N, seq_len), IGNORE, np.int32)
+    segments = np.zeros(N, np.int32)
+    for d, (row, start) in enumerate(place):
+        span = slice(start, start + len(documents[d]))
+        segments[row] += 1
+        out["ids"][row, span] = documents[d]
+        out["segment_ids"][row, span] = segments[row]
+        out["positions"][row, span] = np.arange(len(documents[d]))
+        if labels is not None:
+            out["labels"][row, span] = labels[d]
+    return out
+
+
+def _packed_rows(rows: Sequence[dict], seq_len: int, pad_id: int, whole: bool = False
+                 ) -> dict[str, np.ndarray]:
+    """`pack` (or `pack_whole`) of the rows' ids (and per-token labels) as a task batch of N
+    rows: `mask_NT` (= segment_ids > 0), zero `token_types_NT`, `labels_NT` (IGNORE without
+    labels), and weights 1 (padding carries no loss through its labels)."""
     labels = [r["labels"] for r in rows] if rows and "labels" in rows[0] else None
-    packed = pack([r["ids"] for r in rows], seq_len, pad_id, labels)
+    packed = (pack_whole if whole else pack)([r["ids"] for r in rows], seq_len, pad_id, labels)
     N = len(packed["ids"])
     if labels is None:
         packed["labels"] = np.full((N, seq_len), IGNORE, np.int32)
@@ -164,7 +203,8 @@ def _row(examples, index: int, epoch: int, transform: Transform | None) -> dict:
 def train_batches(examples, batch_size: int, *, seed: int, start_step: int, pad_id: int,
                   pad_multiple: int = 8, bucket_batches: int = 8,
                   transform: Transform | None = None, pack_length: int = 0,
-                  rows: slice | None = None) -> Iterator[dict[str, np.ndarray]]:
+                  pack_whole: bool = False, rows: slice | None = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
     """Endless training batches from `start_step` (exact resume).
 
     `rows`: only these rows of every global batch (one host's share, `lmx.scale.distributed.
@@ -176,6 +216,10 @@ def train_batches(examples, batch_size: int, *, seed: int, start_step: int, pad_
     rows of T (`pack`), B rows a step; the last rows % B rows of an epoch are dropped.
     `transform` (e.g. a partial of `transforms.mlm_mask`) runs per example; in packed mode
     it must keep each example's length (the rows an epoch depend on the lengths only).
+    `pack_whole`: examples are never cut (`pack_whole`); an epoch still has
+    ceil(tokens / T) // B steps (a lower bound on its rows), so the rows a wasteful packing
+    adds at the end of the shuffled order are dropped that epoch (a different tail each
+    epoch; few with `pack_whole`'s first fit).
     """
     per_epoch = steps_per_epoch(examples, batch_size, pack_length=pack_length)
     if per_epoch == 0:
@@ -192,7 +236,7 @@ def train_batches(examples, batch_size: int, *, seed: int, start_step: int, pad_
             yield from _packed_epoch(examples, batch_size, seed=seed, epoch=epoch,
                                      offset=offset, per_epoch=per_epoch,
                                      pack_length=pack_length, pad_id=pad_id,
-                                     transform=transform)
+                                     transform=transform, whole=pack_whole)
         else:
             batches = epoch_order(lengths_N, batch_size, seed=seed, epoch=epoch,
                                   bucket_batches=bucket_batches)
@@ -206,11 +250,12 @@ def train_batches(examples, batch_size: int, *, seed: int, start_step: int, pad_
 
 def _packed_epoch(examples, batch_size: int, *, seed: int, epoch: int, offset: int,
                   per_epoch: int, pack_length: int, pad_id: int,
-                  transform: Transform | None) -> Iterator[dict[str, np.ndarray]]:
+                  transform: Transform | None, whole: bool = False
+                  ) -> Iterator[dict[str, np.ndarray]]:
     order = np.random.default_rng([seed, epoch]).permutation(len(examples))
     rows = [_row(examples, i, epoch, transform) for i in order]
-    packed = _packed_rows(rows, pack_length, pad_id)
-    if len(packed["ids"]) // batch_size != per_epoch:
+    packed = _packed_rows(rows, pack_length, pad_id, whole)
+    if not whole and len(packed["ids"]) // batch_size != per_epoch:
         raise ValueError("the transform changed example lengths: packed mode needs them kept")
     for step in range(offset, per_epoch):
         yield {k: v[step * batch_size:(step + 1) * batch_size] for k, v in packed.items()}

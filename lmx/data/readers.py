@@ -4,6 +4,7 @@ Records (all readers return lists of dicts, except ratings: a dict of numpy arra
   tagging:         {"words": [str], "tags": [str] (BIO / IOB2), "document": int}
   classification:  {"text": str, "label": str} (CSV / TSV rows add "line": int, where the row ends)
   label names:     [str] (a JSON list)
+  conversations:   {"messages": [{"role": str, "content": str}], "line": int} (chat JSONL)
   ratings:         {"user_id": int64 (N,), "item_id": int64 (N,), "rating": float32 (N,),
                     "timestamp": int64 (N,)}   N = number of ratings, in file order.
 
@@ -183,6 +184,42 @@ def read_jsonl(path: str, fields: Sequence[str]) -> list[dict[str, Any]]:
         records.append({name: obj[name] for name in fields})
     if not records:
         raise ValueError(f"{path}: no records")
+    return records
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def read_conversations(path: str) -> list[dict[str, Any]]:
+    """Chat JSONL: one `{"messages": [{"role": ..., "content": ...}, ...]}` per line (blank
+    lines skip). Roles are CHAT_ROLES; contents strings; a conversation needs an assistant
+    turn. Records: {"messages": [{"role", "content"}], "line": int}."""
+    records = []
+    for number, line in _lines(path, "utf-8"):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _fail(path, number, f"expected a JSON object ({e.msg}, column {e.colno})"
+                        ) from None
+        messages = obj.get("messages") if isinstance(obj, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise _fail(path, number, 'expected {"messages": [{"role": ..., "content": ...}, '
+                        '...]} with at least one message')
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+                raise _fail(path, number, f"messages[{i}]: expected an object with a string "
+                            f"'content', got {json.dumps(m)[:80]}")
+            if m.get("role") not in CHAT_ROLES:
+                raise _fail(path, number, f"messages[{i}]: role {m.get('role')!r} is not one "
+                            f"of {list(CHAT_ROLES)}")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise _fail(path, number, "no assistant message: nothing to learn or to score")
+        records.append({"messages": [{"role": m["role"], "content": m["content"]}
+                                     for m in messages], "line": number})
+    if not records:
+        raise ValueError(f"{path}: no conversations")
     return records
 
 

@@ -86,6 +86,33 @@ def train(inputs: Sequence[str], vocab_size: int, out: str, model_type: str = "u
     return out
 
 
+def train_byte_bpe(texts: Sequence[str], vocab_size: int, out: str, *, specials: Sequence[str],
+                   config: dict, chat_template: str = "") -> str:
+    """A byte-level BPE (GPT-2 / Qwen / Llama 3 style) trained on `texts`, saved as a HF folder.
+
+    `specials` become added special tokens (ids 0, 1, ... in order; never split, e.g. a chat
+    template's <|im_start|>); `config` (named special tokens, tokenizer_class) and the optional
+    `chat_template` go to tokenizer_config.json, which lmx.hf and transformers both read."""
+    import tokenizers  # noqa: PLC0415
+    from tokenizers import decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
+
+    if not any(t.strip() for t in texts):
+        raise ValueError(f"{out}: no text to train a tokenizer on")
+    tokenizer = tokenizers.Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    os.makedirs(out, exist_ok=True)
+    tokenizer.save(os.path.join(out, "tokenizer.json"))
+    config = {**config, **({"chat_template": chat_template} if chat_template else {})}
+    with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    return out
+
+
 def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
     """The CLI's flags, defined on absl's FLAGS only when this module runs as `__main__`."""
     flags.DEFINE_multi_string("input", None, "A text file (repeatable).", flag_values=flag_values)

@@ -120,6 +120,10 @@ SIZES: dict[str, TransformerConfig] = {
     "gpt2-tiny": TransformerConfig(vocab_size=128, embed_dim=32, num_layers=2, num_heads=4,
                                    head_dim=8, mlp_dim=64, max_len=64, causal=True,
                                    pre_norm=True, norm_eps=1e-5, mlp="gelu_tanh"),
+    # A small Llama-style decoder for chat SFT from scratch on a 2-core CPU (banking77_chat).
+    "llama-chat-mini": TransformerConfig(vocab_size=2048, embed_dim=192, num_layers=4,
+                                         num_heads=6, num_kv_heads=2, head_dim=32, mlp_dim=512,
+                                         max_len=256, **_LLAMA),
     "llama-tiny": TransformerConfig(vocab_size=128, embed_dim=32, num_layers=2, num_heads=4,
                                     num_kv_heads=2, head_dim=8, mlp_dim=64, max_len=64, **_LLAMA),
     "llama-1b": TransformerConfig(vocab_size=128256, embed_dim=2048, num_layers=16, num_heads=32,

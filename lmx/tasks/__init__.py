@@ -6,16 +6,18 @@ import ml_collections
 
 from lmx.models import families
 from lmx.tasks import recsys
+from lmx.tasks.chat import ChatSFT
 from lmx.tasks.base import IGNORE, MASK_TOKENS, Datasets, Task, eval_token_batches, export_hf
 from lmx.tasks.classification import SequenceClassification
 from lmx.tasks.language_model import CausalLM, MaskedLM
 from lmx.tasks.tokens import TokenClassification
 
 __all__ = ["IGNORE", "MASK_TOKENS", "Datasets", "Task", "eval_token_batches", "export_hf",
-           "SequenceClassification", "TokenClassification", "CausalLM", "MaskedLM", "get"]
+           "SequenceClassification", "TokenClassification", "CausalLM", "MaskedLM", "ChatSFT", "get"]
 
 TASKS = {"sequence_classification": SequenceClassification,
-         "token_classification": TokenClassification, "causal_lm": CausalLM, "mlm": MaskedLM}
+         "token_classification": TokenClassification, "causal_lm": CausalLM, "mlm": MaskedLM,
+         "chat_sft": ChatSFT}
 
 
 def get(config: ml_collections.ConfigDict):

@@ -8,6 +8,7 @@ A task answers:
   eval_batches(split)                    -> (device batch, host-only info) pairs
   outputs(logits, batch)                 traced inside the jitted eval step
   scores(split, collected)               -> {"metric": value}
+  generated_scores(trainer, split)       scores that generate with the model (chat SFT)
   finish(trainer, workdir)               task extras at the end of a run (sample, export)
 
 Every batch has `ids`, `mask`, `token_types`, `labels` and `weights` (or `images`);
@@ -75,6 +76,11 @@ class Task:
     @staticmethod
     def outputs(logits: jax.Array, batch: dict) -> dict:
         """Per-batch outputs beyond the loss sums (traced in the eval step)."""
+        return {}
+
+    def generated_scores(self, trainer, split) -> dict[str, float]:
+        """Scores that need the model outside the jitted eval step (generation); merged into
+        every evaluation's scores."""
         return {}
 
     def finish(self, trainer, workdir: str) -> dict:

@@ -22,7 +22,7 @@ import optax
 from absl import logging
 from flax import traverse_util
 
-from lmx import peft as peft_lib
+from lmx import config as config_lib, peft as peft_lib
 from lmx.models import families
 from lmx.scale import sharding
 from lmx.train import optim
@@ -110,7 +110,7 @@ def architecture(config: ml_collections.ConfigDict, num_labels: int,
     model_dir = pretrained.resolve_model_dir(m.pretrained)
     overrides = family.overrides(m)
     overrides.pop("image_size", None)  # a pretrained ViT's geometry is the checkpoint's
-    task = family.hf_task or m.task
+    task = family.hf_task or config_lib.model_task(m.task)
     if not load or m.random_init:
         module = lmx.hf.module_from_config(model_dir, task=task, num_labels=num_labels,
                                            **overrides)
@@ -136,7 +136,7 @@ def peft_spec(config: ml_collections.ConfigDict, cfg, num_labels: int,
     m, family = config.model, families.get(config.model.family)
     scanned = getattr(cfg, "scan_layers", False)
     unrolled = dataclasses.replace(cfg, scan_layers=False) if scanned else cfg
-    base = family.make(unrolled, m.task, num_labels, m.pooling, peft_lib.NO_PEFT)
+    base = family.make(unrolled, config_lib.model_task(m.task), num_labels, m.pooling, peft_lib.NO_PEFT)
     base_shapes = jax.eval_shape(lambda: nn.unbox(base.init(jax.random.key(0), *inputs)))
     spec = peft_lib.spec_from_config(config.peft, {"params": base_shapes["params"]})
     return peft_lib.scanned_spec(spec, cfg.num_layers) if scanned else spec
@@ -200,7 +200,7 @@ def create(config: ml_collections.ConfigDict, num_labels: int, mesh, rules,
     _check_length(config, cfg)
     inputs = family.dummy_inputs(m.image_size)
     spec = peft_spec(config, cfg, num_labels, inputs)
-    module = family.make(cfg, m.task, num_labels, m.pooling, spec)
+    module = family.make(cfg, config_lib.model_task(m.task), num_labels, m.pooling, spec)
 
     def init(key):
         return module.init({"params": key, "dropout": key}, *inputs)

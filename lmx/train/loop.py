@@ -93,7 +93,8 @@ class Trainer:
         collected = self.collect(split)
         loss_sum = sum(float(out["loss_sum"]) for _, out in collected)
         count = sum(float(out["count"]) for _, out in collected)
-        return {"loss": loss_sum / max(count, 1.0), **self.task.scores(split, collected)}
+        return {"loss": loss_sum / max(count, 1.0), **self.task.scores(split, collected),
+                **self.task.generated_scores(self, split)}
 
     def train_stream(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
         return self.task.train_batches(self.datasets["train"], start_step)
