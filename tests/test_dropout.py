@@ -57,3 +57,43 @@ def test_sharded_mask_equals_unsharded():
                   out_shardings=NamedSharding(mesh, P("data", None, "model")))(key)
     assert len(out.sharding.device_set) == 8
     np.testing.assert_array_equal(np.asarray(out), expected)
+
+
+
+def test_lora_dropout_drops_the_lora_input_only():
+    """As PEFT: `x @ W + b + scale * (dropout(x) @ A) @ B`, the base path undropped. With
+    A = B = I (rank = in = out features, scale 1) the update is dropout(x) itself, which shows
+    the mask; the same rng then drops the same elements for any A, B."""
+    import flax.linen as nn
+
+    from lmx.models.layers import Dense
+    from lmx.peft import PeftSpec
+
+    rate, width = 0.5, 8
+    spec = PeftSpec(lora_rank=width, lora_alpha=float(width), lora_dropout=rate,
+                    lora_targets=frozenset({"q"}))
+
+    class Wrap(nn.Module):
+        @nn.compact
+        def __call__(self, x, deterministic):
+            return Dense(width, (None, None), peft=spec, name="q")(x, deterministic)
+
+    x = jax.random.normal(jax.random.key(0), (64, width))
+    params = {"q": {"kernel": jax.random.normal(jax.random.key(2), (width, width)),
+                    "bias": jax.random.normal(jax.random.key(3), (width,))}}
+    base = np.asarray(x) @ np.asarray(params["q"]["kernel"]) + np.asarray(params["q"]["bias"])
+
+    def apply(a, b, deterministic):
+        return np.asarray(Wrap().apply({"params": params, "peft": {"q": {"lora_a": a, "lora_b": b}}},
+                                       x, deterministic, rngs={"dropout": jax.random.key(7)}))
+
+    eye = jnp.eye(width)
+    dropped_x = apply(eye, eye, False) - base  # dropout(x), if the base path is undropped
+    kept = ~np.isclose(dropped_x, 0.0, atol=1e-5)
+    np.testing.assert_allclose(dropped_x[kept], np.asarray(x)[kept] / (1 - rate), rtol=1e-4)
+    assert 0.4 < kept.mean() < 0.6, kept.mean()  # 512 draws of keep probability 0.5
+    a = jax.random.normal(jax.random.key(4), (width, width))
+    b = jax.random.normal(jax.random.key(5), (width, width))
+    np.testing.assert_allclose(apply(a, b, False), base + (dropped_x @ a) @ b, rtol=1e-4,
+                               atol=1e-4)
+    np.testing.assert_allclose(apply(a, b, True), base + (x @ a) @ b, rtol=1e-4, atol=1e-4)

@@ -99,3 +99,73 @@ def test_images_kind_needs_a_tfds_name(tmp_path):
     c.model.family, c.data.kind, c.data.train_file = "resnet", "images", __file__
     with pytest.raises(ValueError, match="should be 'tfds:NAME'"):
         config_lib.validate(c, 1)
+
+
+def _iob1(tags):
+    """BIO -> IOB1 (CoNLL-2003 as distributed): B- only right after an entity of its type."""
+    out, previous = [], "O"
+    for tag in tags:
+        kind = tag[2:]
+        out.append(tag if tag == "O" or (tag[0] == "B" and previous[2:] == kind) else "I-" + kind)
+        previous = tag
+    return out
+
+
+def _same_examples(a, b):
+    if isinstance(a, list):  # token classification: aligned example dicts
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert set(x) == set(y)
+            for key in set(x) - {"document"}:  # tfds' conll2003 has no document boundaries
+                np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+        return
+    np.testing.assert_array_equal(a.labels, b.labels)
+    for x, y in zip(a.ids, b.ids):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("name", ["glue/sst2", "conll2003"])
+def test_tfds_and_local_files_give_the_same_labels_on_the_same_rows(tmp_path, name):
+    """The tfds mapping and lmx's local readers agree row for row: label names, label ids,
+    token ids (tfds' conll2003 is BIO; the distributed files are IOB1, converted on read)."""
+    from lmx import tasks
+    names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+    rows = {split: [(line, str(i % 2)) for i, line in enumerate(_lines(split, 24, 2))]
+            for split in ("train", "validation")}
+    tags = {split: [["B-PER" if w in PEOPLE else "B-LOC" if w in PLACES else "O"
+                     for w in line.split()] for line, _ in rows[split]] for split in rows}
+    folder = _tiny_bert_folder(tmp_path / "bert")
+    if name == "glue/sst2":
+        make = lambda split: [{"sentence": t.encode(), "label": int(lab), "idx": i}  # noqa
+                              for i, (t, lab) in enumerate(rows[split])]
+        for split in rows:
+            (tmp_path / f"{split}.csv").write_text("text,category\n" + "".join(
+                f"{t},{lab}\n" for t, lab in rows[split]))
+        kind, suffix = "csv_classification", "csv"
+    else:
+        make = lambda split: [{"tokens": np.asarray([w.encode() for w in t.split()], object),  # noqa
+                               "ner": np.asarray([names.index(g) for g in tg]),
+                               "pos": np.zeros(len(tg), np.int64),
+                               "chunks": np.zeros(len(tg), np.int64)}
+                              for (t, _), tg in zip(rows[split], tags[split])]
+        for split in rows:
+            (tmp_path / f"{split}.txt").write_text("".join(
+                "".join(f"{w} NN O {g}\n" for w, g in zip(t.split(), _iob1(tg))) + "\n"
+                for (t, _), tg in zip(rows[split], tags[split])))
+        kind, suffix = "conll", "txt"
+
+    def load(**files):
+        c = _base(tmp_path, kind=kind, max_length=16, **files)
+        c.model.pretrained = folder
+        if kind == "conll":
+            c.model.task = "token_classification"
+        return tasks.get(c).load(c, str(tmp_path / "run"))
+
+    with tfds.testing.mock_data(num_examples=24, as_data_source_fn=_source_fn(make)):
+        from_tfds = load(train_file=f"tfds:{name}", validation_split="validation")
+    local = load(train_file=str(tmp_path / f"train.{suffix}"),
+                 validation_file=str(tmp_path / f"validation.{suffix}"))
+    assert from_tfds.label_names == local.label_names
+    assert len(from_tfds.label_names) == (2 if kind == "csv_classification" else 3)
+    _same_examples(from_tfds.train, local.train)
+    _same_examples(from_tfds.validation, local.validation)

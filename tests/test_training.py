@@ -32,20 +32,53 @@ def _steps(trainer, n):
     return losses
 
 
-@pytest.mark.parametrize("method", ["lora", "houlsby", "bitfit", "prompt"])
-def test_peft_run_learns_and_frozen_leaves_stay_bit_identical(tmp_path, method):
-    trainer = loop.Trainer(_config(method, learning_rate=3e-2), str(tmp_path))
+def test_lora_run_learns_and_frozen_leaves_stay_bit_identical(tmp_path):
+    trainer = loop.Trainer(_config("lora", learning_rate=3e-2), str(tmp_path))
     frozen_before = jax.tree.map(np.asarray, trainer.frozen)
-    trainable_before = jax.tree.map(np.asarray, trainer.state.trainable)
-    losses = _steps(trainer, 60 if method == "lora" else 10)
-    if method == "lora":  # (measured: 0.696 -> 0.221 mean over the first / last 10 steps)
-        assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.2, losses
-    frozen_after = paths.flatten(trainer.frozen)
-    for path, before in paths.flatten(frozen_before).items():
-        np.testing.assert_array_equal(np.asarray(frozen_after[path]), before, err_msg=path)
-    moved = [p for p, v in paths.flatten(trainer.state.trainable).items()
-             if not np.array_equal(np.asarray(v), paths.flatten(trainable_before)[p])]
-    assert moved, "no trainable leaf changed"
+    losses = _steps(trainer, 60)
+    # (measured: 0.696 -> 0.221 mean over the first / last 10 steps)
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.2, losses
+    _assert_unchanged(frozen_before, trainer.frozen)
+
+
+def _assert_unchanged(before, after):
+    after = paths.flatten(after)
+    for path, value in paths.flatten(before).items():
+        np.testing.assert_array_equal(np.asarray(after[path]), value, err_msg=path)
+
+
+# Loss drop of each method's own parameters (no head trains: gpt2-tiny's output is its tied,
+# frozen embedding) after 40 steps, below the untrained model's loss on the same 5 last
+# batches (dropout 0, so the untrained loss has no noise). Measured on this planted corpus
+# (2-core AMD EPYC): houlsby 0.15, pfeiffer 0.19, bitfit 0.27, prefix 0.13, ia3 0.08,
+# prompt 0.03 nats; each margin is about half of that.
+PEFT_MARGINS = {"houlsby": 0.07, "pfeiffer": 0.09, "bitfit": 0.13, "prefix": 0.06, "ia3": 0.04,
+                "prompt": 0.015}
+
+
+@pytest.mark.parametrize("method", sorted(PEFT_MARGINS))
+def test_peft_method_learns_a_planted_corpus_with_frozen_leaves_bit_identical(tmp_path, method):
+    from test_tasks import _base
+    (tmp_path / "corpus.txt").write_text("to be or not to be, that is the question.\n" * 50)
+    c = _base(tmp_path, kind="text", tokenizer="char", train_file=str(tmp_path / "corpus.txt"),
+              max_length=16)
+    c.model.size, c.model.task, c.peft.method = "gpt2-tiny", "causal_lm", method
+    c.peft.adapter_size, c.peft.num_prompt_tokens, c.train.learning_rate = 8, 8, 1e-1
+    trainer = loop.Trainer(c, str(tmp_path / "run"))
+    assert not any(p.startswith("params/") and not p.endswith("bias")
+                   for p in paths.flatten(trainer.state.trainable)), "only PEFT leaves train"
+    frozen_before = jax.tree.map(np.asarray, trainer.frozen)
+    initial = jax.tree.map(np.array, trainer.state.trainable)
+    losses = _steps(trainer, 40)
+    untrained = trainer.state.replace(trainable=jax.device_put(initial))
+    loss_of = jax.jit(functools.partial(trainable_grads, model=trainer.model.module))
+    stream = trainer.train_stream(35)
+    with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
+        before = [float(loss_of(untrained, trainer.frozen, trainer.device_batch(next(stream)),
+                                jax.random.key(0))[0]) for _ in range(5)]
+    drop = np.mean(before) - np.mean(losses[-5:])
+    assert drop > PEFT_MARGINS[method], (method, drop, before, losses[-5:])
+    _assert_unchanged(frozen_before, trainer.frozen)
 
 
 def test_trainable_split_per_method(tmp_path):

@@ -158,7 +158,11 @@ def read_tensors(model_dir: pathlib.Path, filename: str = "model") -> dict[str, 
     files = sorted(model_dir.glob(f"{filename}*.safetensors"))
     tensors: dict[str, np.ndarray] = {}
     for file in files:
-        tensors.update(load_file(str(file)))
+        try:
+            tensors.update(load_file(str(file)))
+        except Exception as error:  # safetensors' own error does not name the file
+            raise ValueError(f"{file} is not a readable safetensors file (truncated or "
+                             f"corrupt?): {error}") from error
     if files:
         return tensors
     pattern = "pytorch_model*.bin" if filename == "model" else f"{filename}*.bin"
@@ -269,4 +273,7 @@ def read_config(model_dir: pathlib.Path) -> dict[str, Any]:
     path = model_dir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not JSON ({error.msg})") from error

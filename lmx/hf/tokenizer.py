@@ -40,7 +40,12 @@ Encoded = tuple[list[int], list[int]]  # (ids, token type ids) of one example
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not JSON ({error.msg})") from error
 
 
 def _token_text(token: Any) -> str | None:
@@ -319,7 +324,11 @@ def _named_special_ids(backend: _Backend, config: dict[str, Any]) -> dict[str, i
 
 def _from_tokenizer_json(path: pathlib.Path) -> tokenizers.Tokenizer:
     """As saved; transformers 5 drops tokenizer_config's add_bos/eos_token when this file exists."""
-    return tokenizers.Tokenizer.from_file(str(path))
+    try:
+        return tokenizers.Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers' own error names neither the file nor the cause
+        raise ValueError(f"{path} is not a readable tokenizer.json (cut short or corrupt?): "
+                         f"{error}") from error
 
 
 def _from_vocab_txt(path: pathlib.Path, config: dict[str, Any]) -> tokenizers.Tokenizer:

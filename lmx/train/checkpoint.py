@@ -54,14 +54,30 @@ class Manager:
         step = int(jax.device_get(state.step))
         if step in self.mgr.all_steps():
             return step
-        self.mgr.wait_until_finished()  # one save in flight: `_in_flight` names it
+        self.wait_until_finished()  # one save in flight: `_in_flight` names it
         self._in_flight = step
-        self.mgr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_to_item(state)), meta=ocp.args.JsonSave(meta)))
+        try:
+            self.mgr.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_to_item(state)), meta=ocp.args.JsonSave(meta)))
+        except OSError as error:
+            raise self._failed(error) from error
         return step
 
     def wait_until_finished(self) -> None:
-        self.mgr.wait_until_finished()
+        try:
+            self.mgr.wait_until_finished()
+        except OSError as error:  # e.g. ENOSPC in orbax's background write
+            raise self._failed(error) from error
+
+    def _failed(self, error: OSError) -> OSError:
+        """The save's OSError restated: which step failed, and what a rerun resumes from."""
+        committed = [s for s in self.mgr.all_steps() if s != self._in_flight
+                     and (self.directory / str(s) / CHECKSUM_FILE).exists()]
+        kept = (f"the last committed checkpoint, step {max(committed)}, is intact and a rerun "
+                "resumes from it" if committed else "no checkpoint was committed before it")
+        return OSError(error.errno, f"saving checkpoint step {self._in_flight} in "
+                       f"{self.directory} failed ({error.strerror or error}: "
+                       f"{error.filename or ''}); the run stopped; {kept}")
 
     def all_steps(self) -> list[int]:
         return sorted(self.mgr.all_steps())

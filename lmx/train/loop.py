@@ -195,10 +195,14 @@ class _Preemption:
 
 def _fault(event: str, step: int) -> None:
     """Fault injection for the resume tests: LMX_FAULT="step:7:KILL" (or "save:9:KILL",
-    "step:11:TERM") signals this process right after that step / after that save started."""
+    "step:11:TERM") signals this process right after that step / after that save started.
+    LMX_FAULT_PAUSE=SECONDS sleeps after every step: tiny test steps would otherwise end the
+    run before JAX's multi-process preemption sync point (a coordination round trip) lands."""
     want = os.environ.get("LMX_FAULT", "")
     if want and want.rsplit(":", 1)[0] == f"{event}:{step}":
         os.kill(os.getpid(), {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}[want.rsplit(":", 1)[1]])
+    if want and event == "step" and os.environ.get("LMX_FAULT_PAUSE"):
+        time.sleep(float(os.environ["LMX_FAULT_PAUSE"]))
 
 
 def check_workdir(workdir: str) -> None:
