@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
         # cuDNN flash attention (GPU); "splash": the Pallas TPU splash-attention kernel (TPU;
         # interpreted elsewhere, for tests only). A kernel refuses what it cannot do.
         attention="einsum",
+        # Transformer causal_lm only: dtype of the generation KV cache ("bfloat16" halves it;
+        # greedy tokens can then differ from float32's, see tests/test_generate.py)
+        kv_cache_dtype="float32",
     ))
 
     c.peft = ml_collections.ConfigDict(dict(
@@ -169,6 +172,7 @@ CHOICES = {
     "model.task": ("sequence_classification", "token_classification", "mlm", "causal_lm",
                    "chat_sft", "cloze"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.kv_cache_dtype": ("float32", "bfloat16"),
     "data.kind": ("csv_classification", "phrasebank", "clinc150", "conll", "text", "movielens",
                   "images", "digits", "synthetic", "chat"),
     "data.tag_scheme": ("iob1", "bio"),
@@ -306,7 +310,8 @@ def _value_errors(flat: dict) -> list[str]:
 # are an error (not silently ignored).
 TASK_ONLY = {"data.mlm_rate": ("mlm",), "data.mlm_split": ("mlm",),
              "data.sample_tokens": ("causal_lm",), "data.packing": ("chat_sft",),
-             "data.loss_roles": ("chat_sft",), "data.system_prompt": ("chat_sft",)}
+             "data.loss_roles": ("chat_sft",), "data.system_prompt": ("chat_sft",),
+             "model.kv_cache_dtype": ("causal_lm", "chat_sft")}
 KIND_ONLY = {"data.tag_scheme": ("conll",), "data.include_oos": ("clinc150",),
              "data.keep_labels": ("images", "digits")}
 NO_TEST_SPLIT = ("causal_lm", "mlm")  # language modelling scores its validation split only
@@ -317,7 +322,7 @@ def _unread_errors(flat: dict, family) -> list[str]:
     defaults = _defaults()
     errors = []
     for key in ("pooling", "task", "scan_layers", "remat", "attention", "dropout_rate",
-                "attention_dropout_rate", "image_size"):
+                "attention_dropout_rate", "image_size", "kv_cache_dtype"):
         if key not in family.reads and flat[f"model.{key}"] != defaults[f"model.{key}"]:
             readers = [f.name for f in families.FAMILIES.values() if key in f.reads]
             errors.append(f"config.model.{key}={flat['model.' + key]!r} is not read by "

@@ -4,10 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from test_hf_models import reference
+from test_hf_models import DECODERS, reference
 
 import lmx.hf
 from lmx.models import generate as gen
+from lmx.models.beam_search import beam_search
 
 NEW = 32
 
@@ -33,13 +34,35 @@ def decoder(request, tmp_path_factory):
     return _decoder(request.param, tmp_path_factory)
 
 
+@pytest.fixture(scope="module", params=DECODERS)
+def open_decoder(request, tmp_path_factory):  # windows of 4 slots: 39-slot sequences cross them
+    return _decoder(request.param, tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):  # sampling does not depend on the family: one is enough
     return _decoder("llama", tmp_path_factory)
 
 
 def test_greedy_equals_transformers_generate(decoder):
-    family, hf_model, module, variables = decoder
+    _check_greedy(*decoder)
+
+
+def test_open_decoders_greedy_equals_transformers(open_decoder):
+    """Qwen2 / Qwen3 / Mistral / Gemma 2 / Gemma 3: sliding windows, soft caps, q/k norms."""
+    _check_greedy(*open_decoder)
+
+
+def test_sliding_window_cache_equals_full_recomputation(open_decoder):
+    family, _, module, variables = open_decoder
+    ids_BT, mask_BT = left_padded_prompts(seed=5)
+    cached = gen.generate(module, variables, ids_BT, mask_BT, max_new_tokens=12)
+    recomputed = gen.full_recompute_greedy(module, variables, jnp.asarray(ids_BT),
+                                           jnp.asarray(mask_BT), 12)
+    np.testing.assert_array_equal(cached, recomputed)
+
+
+def _check_greedy(family, hf_model, module, variables):
     ids_BT, mask_BT = left_padded_prompts()
     with torch.no_grad():
         expected = hf_model.generate(
@@ -128,3 +151,86 @@ def test_sharded_generation_equals_unsharded_and_shards_the_cache(llama):
     assert spec[0] in ("data", ("data",), ("data", "fsdp")), spec  # batch axis sharded
     assert key_cache.sharding.shard_shape(key_cache.shape)[0] == 3
     assert spec[2] == "tensor", spec  # kv heads over the tensor axis, like activations
+
+
+BEAMS = [dict(num_beams=3, length_penalty=1.0, early_stopping=False),
+         dict(num_beams=4, length_penalty=2.0, early_stopping=True),
+         dict(num_beams=2, length_penalty=0.5, early_stopping="never")]
+
+
+@pytest.mark.parametrize("settings", BEAMS, ids=["m3-lp1-heuristic", "m4-lp2-early",
+                                                 "m2-lp0.5-never"])
+def test_beam_search_equals_transformers(decoder, settings):
+    eos, actual_BN = _check_beam(decoder, settings)
+    assert any(eos in row for row in actual_BN) or settings["early_stopping"] == "never"
+
+
+def test_open_decoders_beam_search_equals_transformers(open_decoder):
+    _check_beam(open_decoder, BEAMS[0])
+
+
+def _check_beam(decoder, settings):
+    """Token-identical to transformers' beam search with an EOS that some beams emit."""
+    family, hf_model, module, variables = decoder
+    ids_BT, mask_BT = left_padded_prompts()
+    free = np.asarray(gen.generate(module, variables, ids_BT, mask_BT, max_new_tokens=10))
+    eos = int(free[0, 2])  # a token greedy decoding emits early: beams do finish
+    with torch.no_grad():
+        expected = hf_model.generate(
+            input_ids=torch.tensor(ids_BT, dtype=torch.long),
+            attention_mask=torch.tensor(mask_BT, dtype=torch.long), do_sample=False,
+            max_new_tokens=10, pad_token_id=0, eos_token_id=eos, **settings)
+    expected_BN = expected[:, ids_BT.shape[1]:].numpy()
+    actual_BN, _ = beam_search(module, variables, ids_BT, mask_BT, max_new_tokens=10,
+                               eos_id=eos, pad_id=-1, **settings)
+    actual_BN = np.asarray(actual_BN)
+    for row, want in zip(actual_BN, expected_BN):
+        hits = np.flatnonzero(want == eos)
+        end = hits[0] + 1 if len(hits) else len(want)
+        np.testing.assert_array_equal(row[:end], want[:end])
+        assert (row[end:] == -1).all()
+    return eos, actual_BN
+
+
+def _teacher_forced_logits(module, variables, ids_BT, mask_BT, next_BN):
+    """Logits after the prompt and after each of `next_BN` fed through the cache: (B, N, V)."""
+    from lmx.models.transformer import CACHE
+    B, T = ids_BT.shape
+    N = next_BN.shape[1]
+    cache = gen.init_cache(module, variables, B, T + N)
+    positions_BT = gen.prompt_positions(mask_BT)
+    apply = jax.jit(lambda cache, ids, mask, positions, decode: module.apply(
+        {**variables, CACHE: cache}, ids, mask, positions_BT=positions, decode=decode,
+        mutable=[CACHE]), static_argnums=4)
+    logits_BTV, state = apply(cache, ids_BT, mask_BT, positions_BT, "prefill")
+    out = [logits_BTV[:, -1]]
+    for i in range(N - 1):
+        logits_B1V, state = apply(state[CACHE], next_BN[:, i:i + 1], np.ones((B, 1), bool),
+                                  positions_BT[:, -1:] + 1 + i, "step")
+        out.append(logits_B1V[:, 0])
+    key = state[CACHE]["layer_0"]["attention"]["cached_key"]
+    return np.stack([np.asarray(x) for x in out], axis=1), key.dtype
+
+
+def test_bfloat16_kv_cache_is_close_to_float32_which_stays_exact(llama):
+    """float32 cache: logits equal a cache-free forward (1e-5). bfloat16 cache (keys and
+    values rounded to 8 mantissa bits): within 1% of the logits' range of float32's."""
+    import dataclasses
+    _, _, module, variables = llama
+    ids_BT, mask_BT = left_padded_prompts()
+    next_BN = np.random.default_rng(0).integers(3, 99, (3, 12)).astype(np.int32)
+    exact, dtype32 = _teacher_forced_logits(module, variables, ids_BT, mask_BT, next_BN)
+    half = module.clone(cfg=dataclasses.replace(module.cfg, kv_cache_dtype="bfloat16"))
+    rounded, dtype16 = _teacher_forced_logits(half, variables, ids_BT, mask_BT, next_BN)
+    assert (dtype32, dtype16) == (jnp.float32, jnp.bfloat16)
+    full_BSV = np.asarray(module.apply(
+        variables, np.concatenate([ids_BT, next_BN], 1),
+        np.concatenate([mask_BT, np.ones_like(next_BN)], 1),
+        positions_BT=gen.prompt_positions(np.concatenate([mask_BT, np.ones_like(next_BN)], 1))))
+    T = ids_BT.shape[1]
+    assert np.abs(full_BSV[:, T - 1:-1] - exact).max() <= 1e-5
+    spread = exact.max() - exact.min()
+    error = np.abs(rounded - exact).max()
+    print(f"bf16 KV cache: max |logit error| {error:.2e}, logit range {spread:.2e}, "
+          f"ratio {error / spread:.2e}")
+    assert 0 < error <= 0.01 * spread

@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 from flax import traverse_util
-from test_hf_models import HEADS, batch, hf_outputs, max_error, reference
+from test_hf_models import DECODERS, HEADS, batch, hf_outputs, max_error, reference
 
 import lmx.hf
 from lmx import peft as peft_lib
@@ -23,8 +23,8 @@ TASK_TYPES = {"sequence_classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM",
 def peft_config(method, family, task):
     task_type = TASK_TYPES[task]
     if method == "lora":
-        targets = {"bert": ["query", "value"], "gpt2": ["c_proj"],
-                   "llama": ["q_proj", "v_proj", "down_proj"]}[family]
+        targets = {"bert": ["query", "value"], "gpt2": ["c_proj"]}.get(
+            family, ["q_proj", "v_proj", "down_proj"])  # llama and the open decoders
         return peft.LoraConfig(task_type=task_type, r=4, lora_alpha=8, target_modules=targets,
                                use_rslora=family == "llama")
     if method == "ia3":
@@ -64,6 +64,7 @@ CASES = [("lora", "bert", "sequence_classification"), ("lora", "gpt2", "causal_l
          ("ia3", "gpt2", "causal_lm"), ("ia3", "llama", "token_classification"),
          ("prompt", "bert", "sequence_classification"), ("prompt", "gpt2", "causal_lm"),
          ("prefix", "gpt2", "causal_lm"), ("prefix", "llama", "causal_lm")]
+CASES += [("lora", family, "causal_lm") for family in DECODERS]
 
 
 @pytest.mark.parametrize("method,family,task", CASES)

@@ -25,6 +25,7 @@ EXTRA_TEXTS = [
     " ".join(["a very long sentence that goes on"] * 40),
     "special tokens in text: [CLS] <s> </s> <|endoftext|> <unk> [SEP]",
     "glued<s>to</s>words<|endoftext|>and[SEP]more", "<s>starts with a special token",
+    "<|im_start|>user\nHi!<|im_end|>\n<start_of_turn>model\nçà 東京<end_of_turn>\n",
 ]
 
 
@@ -153,9 +154,52 @@ def _llama_json(tmp_path_factory):
     return folder
 
 
+def _qwen2(tmp_path_factory):
+    """Qwen2 / 2.5 / 3's byte-level BPE (NFC, Qwen's split regex, no bos), as transformers'
+    Qwen2Tokenizer writes tokenizer.json, on merges learnt here; chat specials added."""
+    from transformers.models.qwen2 import tokenization_qwen2
+    folder = tmp_path_factory.mktemp("qwen2")
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = tokenizers.Tokenizer(models.BPE())
+    bpe.normalizer = tokenizers.normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(tokenization_qwen2.PRETOKENIZE_REGEX), "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.train_from_iterator(_training_text(), trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    transformers.Qwen2Tokenizer(vocab=model["vocab"], merges=merges, eos_token="<|im_end|>",
+                                pad_token="<|endoftext|>",
+                                additional_special_tokens=specials[1:]).save_pretrained(folder)
+    return folder
+
+
+def _gemma(tmp_path_factory):
+    """Gemma's tokenizer.json (sentencepiece-style BPE with byte fallback, spaces as "▁" by a
+    normalizer, <bos> added), converted by transformers from a sentencepiece model."""
+    source, folder = tmp_path_factory.mktemp("gemma_sp"), tmp_path_factory.mktemp("gemma")
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(_training_text()), model_writer=model, vocab_size=800,
+        model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=True, add_dummy_prefix=False, pad_id=0,
+        eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
+        character_coverage=0.9995, minloglevel=2)
+    (source / "tokenizer.model").write_bytes(model.getvalue())
+    _write_config(source, tokenizer_class="GemmaTokenizer", bos_token="<bos>",
+                  eos_token="<eos>", pad_token="<pad>", unk_token="<unk>", add_bos_token=True,
+                  add_eos_token=False)
+    transformers.AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    assert not (folder / "tokenizer.model").exists()
+    return folder
+
+
 FOLDERS = {"minilm": _minilm, "vocab_only": _vocab_only, "gpt2": _gpt2, "gpt2_bos": _gpt2_bos,
            "roberta": _roberta, "llama": _llama, "llama_legacy": _llama_legacy,
-           "llama_json": _llama_json}
+           "llama_json": _llama_json, "qwen2": _qwen2, "gemma": _gemma}
 
 
 @pytest.fixture(scope="session", params=list(FOLDERS))

@@ -93,7 +93,8 @@ def _make_vit(cfg, task: str, num_labels: int, pooling: str, spec: PeftSpec):
 def _transformer_overrides(m) -> dict:
     return dict(dtype=m.dtype, dropout_rate=m.dropout_rate,
                 attention_dropout_rate=m.attention_dropout_rate, use_pooler=m.pooling == "cls",
-                scan_layers=m.scan_layers, remat=m.remat, attention=m.attention)
+                scan_layers=m.scan_layers, remat=m.remat, attention=m.attention,
+                kv_cache_dtype=m.kv_cache_dtype)
 
 
 def _vit_overrides(m) -> dict:
@@ -106,7 +107,7 @@ FAMILIES: dict[str, Family] = {
                           transformer.size, _make_transformer, "tokens", _forward_tokens,
                           hf_task=None,
                           reads=("pooling", "task", "scan_layers", "remat", "attention",
-                                 "dropout_rate", "attention_dropout_rate"),
+                                 "dropout_rate", "attention_dropout_rate", "kv_cache_dtype"),
                           overrides=_transformer_overrides),
     "resnet": Family("resnet", resnet.ResNet, resnet.SIZES, resnet.size, _make_resnet,
                      "images", _forward_resnet, hf_task="image_classification",
