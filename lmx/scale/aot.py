@@ -49,8 +49,9 @@ def lower(config: ml_collections.ConfigDict, num_devices: int, num_labels: int =
     return lowered, _report(config, num_devices, mesh, built.state, built.frozen)
 
 
-# HBM per device (GiB) of the TPU generations a plan names, from Google's TPU system pages.
-HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+# HBM per chip (GiB) of the TPU generations a plan names, from Google's TPU system pages;
+# a topology whose devices are TensorCores (v4: two per chip) gives each its share.
+HBM_GIB_PER_CHIP = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
 TOKEN_LEVEL_TASKS = ("causal_lm", "mlm", "token_classification")
 
 
@@ -147,7 +148,8 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, seq_l
     report = _report(config, len(devices), built.mesh, built.state, frozen)
     peak = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
             + memory.output_size_in_bytes - memory.alias_size_in_bytes)
-    hbm = HBM_GIB.get(topology.split(":")[0], 0) * 2**30
+    chips = len({tuple(d.coords) for d in devices})
+    hbm = HBM_GIB_PER_CHIP.get(topology.split(":")[0], 0) * 2**30 * chips // len(devices)
     report.update(
         topology=topology, device_kind=devices[0].device_kind, model=config.model.size,
         remat=config.model.remat, attention=config.model.attention, seq_len=seq_len,
