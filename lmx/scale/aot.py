@@ -226,9 +226,15 @@ def main(argv):
     for topology, config, seq_len in _plans(f):
         try:
             report = compile_for_topology(config, topology, seq_len)
-        except ValueError as e:  # a grid point the mesh cannot split: say so, go on
+        except (ValueError, jax.errors.JaxRuntimeError) as e:
+            # a grid point the mesh cannot split, or the TPU compiler's "RESOURCE_EXHAUSTED:
+            # Ran out of memory on HBM" (it does not fit): say so, go on
             report = {"topology": topology, "model": config.model.size,
-                      "sharding": config.sharding, "error": str(e).splitlines()[-1]}
+                      "sharding": config.sharding, "remat": config.model.remat,
+                      "global_batch": config.train.batch_size, "seq_len": seq_len,
+                      "grad_accum_steps": config.train.grad_accum_steps,
+                      "attention": config.model.attention, "fits": False,
+                      "error": str(e).splitlines()[-1] if str(e) else repr(e)}
         print(json.dumps(report), flush=True)
 
 
