@@ -98,6 +98,8 @@ def test_transformer_with_each_kernel_equals_einsum(size):
     ref = _model("einsum", size).apply(variables, ids, mask, None, positions,
                                        segment_ids_BT=segments)
     for kernel in ("xla", "splash"):
+        inited = _model(kernel, size).init(jax.random.key(0), ids[:1, :8])  # as build does
+        assert jax.tree.map(np.shape, inited) == jax.tree.map(np.shape, variables)
         out = _model(kernel, size).apply(variables, ids, mask, None, positions,
                                          segment_ids_BT=segments)
         np.testing.assert_allclose(np.where(real, out, 0), np.where(real, ref, 0), atol=1e-5,

@@ -23,9 +23,9 @@ def _require_libtpu():
 def test_lora_step_compiles_for_v5e_2x2_with_donated_state_and_bf16_base():
     _require_libtpu()
     assert jax.default_backend() == "cpu"  # libtpu beside jax does not move the default
-    config = aot.plan_config("llama-tiny", "fsdp", "full", batch=8, seq_len=128,
-                             grad_accum=2, rank=4)
-    report = aot.compile_for_topology(config, "v5e:2x2")
+    plan = lambda accum: aot.plan_config("llama-tiny", "fsdp", "full", batch=8, seq_len=128,
+                                         grad_accum=accum, rank=4)
+    report = aot.compile_for_topology(plan(2), "v5e:2x2")
     assert (report["device_kind"], report["devices"]) == ("TPU v5 lite", 4)
     assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     cfg = transformer.SIZES["llama-tiny"]
@@ -39,5 +39,12 @@ def test_lora_step_compiles_for_v5e_2x2_with_donated_state_and_bf16_base():
     assert report["argument_bytes"] >= (report["per_device_frozen_bytes"]
                                         + report["per_device_state_bytes"])
     assert report["alias_bytes"] >= report["per_device_state_bytes"] > 0
-    assert report["per_device_opt_state_bytes"] > 0 and report["flops_per_device"] > 0
+    assert report["per_device_opt_state_bytes"] > 0
     assert report["fits"] and report["peak_bytes"] <= 16 * 2**30
+    # FLOPs: the compiler counts a loop body once (one of 2 scanned layers, one of 2
+    # micro-batches); the step's count adds them up, so accumulation does not change it.
+    whole = aot.compile_for_topology(plan(1), "v5e:2x2")
+    assert report["compiler_flops_loop_bodies_once"] < 0.6 * whole[
+        "compiler_flops_loop_bodies_once"]
+    assert whole["flops_per_device_step"] > 1.5 * whole["compiler_flops_loop_bodies_once"]
+    assert abs(report["flops_per_device_step"] / whole["flops_per_device_step"] - 1) < 0.03

@@ -108,11 +108,12 @@ class Attention(nn.Module):
         cfg, dt = self.cfg, self.cfg.compute_dtype
         B, T, N, K = q_BTNK.shape
         G = k_BSGK.shape[2]
-        if cfg.attention != "einsum":  # a kernel of lmx.models.kernels
+        # a kernel of lmx.models.kernels (init only makes parameters: `init`'s dummy 8-token
+        # input is shorter than a splash tile)
+        if cfg.attention != "einsum" and not self.is_initializing():
             kernels.refuse_unsupported(
                 cfg.attention, dropout=0.0 if deterministic else cfg.attention_dropout_rate,
-                probabilities=(self.is_mutable_collection("intermediates")
-                               and not self.is_initializing()),
+                probabilities=self.is_mutable_collection("intermediates"),
                 prefix=self.peft.num_prefix_tokens, decode=decode)
             if cfg.attention_softcap:
                 raise ValueError(f"model.attention={cfg.attention!r} has no attention logit "

@@ -17,6 +17,7 @@ fine-tune those plans compile (bf16 base, fp32 LoRA, scanned layers).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lmx import config as config_lib
-from lmx.models import families
+from lmx.models import families, transformer
 from lmx.scale import sharding
 from lmx.train import build
 
@@ -48,8 +49,9 @@ def lower(config: ml_collections.ConfigDict, num_devices: int, num_labels: int =
     return lowered, _report(config, num_devices, mesh, built.state, built.frozen)
 
 
-# HBM per device (GiB) of the TPU generations a plan names, from Google's TPU system pages.
-HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+# HBM per chip (GiB) of the TPU generations a plan names, from Google's TPU system pages;
+# a topology whose devices are TensorCores (v4: two per chip) gives each its share.
+HBM_GIB_PER_CHIP = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
 TOKEN_LEVEL_TASKS = ("causal_lm", "mlm", "token_classification")
 
 
@@ -77,8 +79,8 @@ def plan_config(size: str, sharding_preset: str, remat: str, batch: int, seq_len
     c.model.scan_layers, c.model.remat, c.model.attention = True, remat, attention
     c.model.dropout_rate = c.model.attention_dropout_rate = 0.0
     c.peft.lora.rank, c.peft.lora.alpha = rank, 2.0 * rank
-    c.peft.lora.targets = (r"params/layer_\d+/(attention/(query|key|value|out)|"
-                           r"mlp/(gate|up|down))/kernel",)
+    c.peft.lora.targets = (
+        r"params/layer_\d+/(attention/(query|key|value|out)|mlp/(gate|up|down))/kernel",)
     c.peft.trainable = (r"peft/.*",)
     c.data.kind, c.data.train_file, c.data.tokenizer = "text", "tfds:plan", "char"
     c.data.max_length, c.data.pad_multiple = seq_len, 1
@@ -90,11 +92,8 @@ def plan_config(size: str, sharding_preset: str, remat: str, batch: int, seq_len
     return c
 
 
-def compile_for_topology(config: ml_collections.ConfigDict, topology: str, seq_len: int = 0,
-                         base_dtype: str = "bfloat16") -> dict:
-    """Compiles the train step for a TPU topology; the frozen base is held in `base_dtype`
-    (trainable leaves and optimizer state keep theirs). Returns the TPU compiler's numbers."""
-    devices = topology_devices(topology)
+def _compile(config: ml_collections.ConfigDict, devices: list, seq_len: int, base_dtype: str):
+    """(compiled train step, built, frozen in `base_dtype`) on a mesh over `devices`."""
     config_lib.validate(config, len(devices))
     mesh = sharding.make_mesh(config.mesh, devices)
     rules = sharding.rules_for(config.sharding)
@@ -102,26 +101,66 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, seq_l
                         total_steps=max(config.train.num_steps, 1000))
     frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(base_dtype),
                                                          sharding=x.sharding), built.frozen)
-    batch = _abstract_batch(config, mesh, rules, seq_len or config.data.max_length)
+    batch = _abstract_batch(config, mesh, rules, seq_len)
     step = built.jit_train_step(out_shardings=False)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         compiled = step.trace(built.state, frozen, batch).lower().compile()
-    memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
+    return compiled, built, frozen
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    report = _report(config, len(devices), mesh, built.state, frozen)
+    return float(cost.get("flops", -1.0))
+
+
+def flops_per_step(config: ml_collections.ConfigDict, devices: list, seq_len: int,
+                   base_dtype: str = "bfloat16") -> float:
+    """Per-device FLOPs of one whole step as the TPU compiler counts them.
+
+    XLA's cost analysis counts a loop body once (one scanned layer, one micro-batch), so the
+    same step is compiled unrolled with 1 and 2 layers on one micro-batch: F1 + (L - 1) x
+    (F2 - F1) per micro-batch, times grad_accum_steps (the small LoRA optimizer update is then
+    counted once per micro-batch)."""
+    size, accum = config.model.size, config.train.grad_accum_steps
+    base = transformer.SIZES[size]
+    per_layers = []
+    for n in (1, 2):
+        name = f"{size}@{n}layers"  # a derived size, registered for this process only
+        transformer.SIZES.setdefault(name, dataclasses.replace(base, num_layers=n))
+        c = config.copy_and_resolve_references()
+        c.model.size, c.model.scan_layers = name, False
+        c.train.batch_size, c.train.grad_accum_steps = config.train.batch_size // accum, 1
+        per_layers.append(_flops(_compile(c, devices, seq_len, base_dtype)[0]))
+    f1, f2 = per_layers
+    return accum * (f1 + (base.num_layers - 1) * (f2 - f1))
+
+
+def compile_for_topology(config: ml_collections.ConfigDict, topology: str, seq_len: int = 0,
+                         base_dtype: str = "bfloat16", count_flops: bool = True) -> dict:
+    """Compiles the train step for a TPU topology; the frozen base is held in `base_dtype`
+    (trainable leaves and optimizer state keep theirs). Returns the TPU compiler's numbers:
+    per-device bytes of the compiled step and (`count_flops`) `flops_per_step`."""
+    devices = topology_devices(topology)
+    seq_len = seq_len or config.data.max_length
+    compiled, built, frozen = _compile(config, devices, seq_len, base_dtype)
+    memory = compiled.memory_analysis()
+    report = _report(config, len(devices), built.mesh, built.state, frozen)
     peak = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
             + memory.output_size_in_bytes - memory.alias_size_in_bytes)
-    hbm = HBM_GIB.get(topology.split(":")[0], 0) * 2**30
+    chips = len({tuple(d.coords) for d in devices})
+    hbm = HBM_GIB_PER_CHIP.get(topology.split(":")[0], 0) * 2**30 * chips // len(devices)
     report.update(
         topology=topology, device_kind=devices[0].device_kind, model=config.model.size,
-        remat=config.model.remat, attention=config.model.attention,
-        seq_len=seq_len or config.data.max_length,
+        remat=config.model.remat, attention=config.model.attention, seq_len=seq_len,
         grad_accum_steps=config.train.grad_accum_steps,
         per_device_opt_state_bytes=per_device_bytes(built.state.opt_state),
         argument_bytes=memory.argument_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
         output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
         peak_bytes=peak, hbm_bytes=hbm, fits=bool(hbm) and peak <= hbm,
-        flops_per_device=float(cost.get("flops", -1.0)))
+        compiler_flops_loop_bodies_once=_flops(compiled),
+        flops_per_device_step=(flops_per_step(config, devices, seq_len, base_dtype)
+                               if count_flops else None))
     return report
 
 
@@ -187,9 +226,15 @@ def main(argv):
     for topology, config, seq_len in _plans(f):
         try:
             report = compile_for_topology(config, topology, seq_len)
-        except ValueError as e:  # a grid point the mesh cannot split: say so, go on
+        except (ValueError, jax.errors.JaxRuntimeError) as e:
+            # a grid point the mesh cannot split, or the TPU compiler's "RESOURCE_EXHAUSTED:
+            # Ran out of memory on HBM" (it does not fit): say so, go on
             report = {"topology": topology, "model": config.model.size,
-                      "sharding": config.sharding, "error": str(e).splitlines()[-1]}
+                      "sharding": config.sharding, "remat": config.model.remat,
+                      "global_batch": config.train.batch_size, "seq_len": seq_len,
+                      "grad_accum_steps": config.train.grad_accum_steps,
+                      "attention": config.model.attention, "fits": False,
+                      "error": str(e).splitlines()[-1] if str(e) else repr(e)}
         print(json.dumps(report), flush=True)
 
 
