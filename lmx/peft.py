@@ -41,6 +41,7 @@ class PeftSpec:
     num_prefix_tokens: int = 0  # prefix tuning: P key/value vectors per attention layer
     ia3_targets: frozenset[str] = frozenset()  # IA3: learned scales on these modules' outputs
     ia3_feedforward: frozenset[str] = frozenset()  # ... or on their inputs (FFN down projections)
+    head_in_peft: bool = False  # classifier at peft/head/classifier: each named adapter's own
 
     @property
     def lora_scale(self) -> float:
