@@ -32,11 +32,12 @@ PAD_LOGIT = -1e9  # bias of a padded class: softmax gives it exactly 0
 SCANNED = "layers"  # a scanned model's stacked block (leaves carry a leading layer axis)
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class Adapter:
-    """One named adapter: its spec and its `peft` tree (task head at `head/classifier`)."""
-    spec: PeftSpec
-    peft: Any
+    """One named adapter: its spec (static) and its `peft` tree (task head at
+    `head/classifier`); a pytree, so it goes in and out of jitted functions."""
+    spec: PeftSpec = flax.struct.field(pytree_node=False)
+    peft: Any = None
 
 
 def from_variables(spec: PeftSpec, trained: dict) -> Adapter:
