@@ -146,7 +146,8 @@ def add_weighted_adapter(adapters: list[Adapter], weights: list[float], combinat
                 new_rank, density, majority_sign_method, svd_clamp)
         if _is_scanned(module):  # (L, ...) leaves: PEFT combines each layer's module alone
             layer_keys = jax.random.split(key, parts[0]["lora_a"].shape[0])
-            a, b = jax.vmap(lambda ps, k: _module(module, ps, *args, k))(parts, layer_keys)
+            a, b = jax.vmap(lambda ps, k, m=module, rest=args: _module(m, ps, *rest, k))(
+                parts, layer_keys)
         else:
             a, b = _module(module, parts, *args, key)
         flat[tuple(module.split("/")) + ("lora_a",)] = a
