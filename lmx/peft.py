@@ -41,6 +41,7 @@ class PeftSpec:
     num_prefix_tokens: int = 0  # prefix tuning: P key/value vectors per attention layer
     ia3_targets: frozenset[str] = frozenset()  # IA3: learned scales on these modules' outputs
     ia3_feedforward: frozenset[str] = frozenset()  # ... or on their inputs (FFN down projections)
+    head_in_peft: bool = False  # classifier at peft/head/classifier: each named adapter's own
 
     @property
     def lora_scale(self) -> float:
@@ -205,3 +206,42 @@ def _without_lora(tree: dict) -> dict:
     flat = traverse_util.flatten_dict(flax.core.unfreeze(tree))
     return traverse_util.unflatten_dict({k: v for k, v in flat.items()
                                          if k[-1] not in ("lora_a", "lora_b")})
+
+
+def _fold_ia3(variables: dict, spec: PeftSpec, invert: bool) -> dict:
+    """IA3 scales folded into (or, `invert`, divided out of) their kernels, as PEFT merges:
+    an output target scales W's output columns and its bias, a feed-forward target W's input
+    rows. A scanned model's scales (L, F) fold into its stacked kernels (L, I, O)."""
+    params = traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]), sep="/")
+    flat_peft = traverse_util.flatten_dict(flax.core.unfreeze(variables[PEFT]), sep="/")
+    for module_path in sorted(spec.ia3_targets):
+        scale = flat_peft[f"{module_path}/ia3"].astype(jnp.float32)
+        scale = 1.0 / scale if invert else scale
+        kernel = params[f"{module_path}/kernel"]
+        if module_path in spec.ia3_feedforward:  # (..., I) scales the input rows of (..., I, O)
+            params[f"{module_path}/kernel"] = (kernel * scale[..., :, None]).astype(kernel.dtype)
+            continue
+        params[f"{module_path}/kernel"] = (kernel * scale[..., None, :]).astype(kernel.dtype)
+        if f"{module_path}/bias" in params:
+            bias = params[f"{module_path}/bias"]
+            params[f"{module_path}/bias"] = (bias * scale).astype(bias.dtype)
+    return traverse_util.unflatten_dict(params, sep="/")
+
+
+def merge_ia3(variables: dict, spec: PeftSpec) -> tuple[dict, PeftSpec]:
+    """Base params with every IA3 scale folded in, and the spec without IA3: the merged
+    model's outputs equal the unmerged one's."""
+    merged = {**variables, "params": _fold_ia3(variables, spec, invert=False)}
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(variables[PEFT]))
+    rest = traverse_util.unflatten_dict({k: v for k, v in flat.items() if k[-1] != "ia3"})
+    merged.pop(PEFT)
+    if rest:
+        merged[PEFT] = rest
+    return merged, dataclasses.replace(spec, ia3_targets=frozenset(),
+                                       ia3_feedforward=frozenset())
+
+
+def unmerge_ia3(merged_variables: dict, ia3_variables: dict, spec: PeftSpec) -> dict:
+    """Inverse of merge_ia3: divides the scales of `ia3_variables[PEFT]` back out."""
+    variables = {**merged_variables, PEFT: ia3_variables[PEFT]}
+    return {**variables, "params": _fold_ia3(variables, spec, invert=True)}

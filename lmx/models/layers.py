@@ -7,6 +7,11 @@ IA3 multiplies a target's output (or, for feed-forward targets, its input) by a 
 vector that starts at 1. LoRA is one explicit computation, `y = x @ W + (alpha / r) * (x @ A) @ B` with `B = 0`
 at init (so the output at init equals the base bit for bit). A and B live in the
 `peft` collection at the same module path as W.
+
+Mixed-adapter batches (lmx.adapters.mixed): a `peft` leaf may come in per row, with a
+leading B axis (A (B, I, R), B (B, R, O), a head's kernel (B, I, O) and bias (B, O)): each
+row then uses its own adapter. The routing is data (a gather by adapter id outside the
+model), so one compiled step serves every choice of adapters.
 """
 from __future__ import annotations
 
@@ -35,9 +40,34 @@ def matmul(x_BI: jax.Array, w_IO: jax.Array, dtype: Dtype) -> jax.Array:
     return y_NO.reshape(*x_BI.shape[:-1], w_IO.shape[-1])
 
 
+def row_matmul(x_BxI: jax.Array, w_BIO: jax.Array, dtype: Dtype) -> jax.Array:
+    """`x[b] @ w[b]` for every row b (each row's own weight), float32 accumulation."""
+    x_BNI = x_BxI.reshape(x_BxI.shape[0], -1, x_BxI.shape[-1])
+    y_BNO = jax.lax.dot_general(
+        x_BNI.astype(dtype), w_BIO.astype(dtype), (((2,), (1,)), ((0,), (0,))),
+        preferred_element_type=jnp.float32)
+    return y_BNO.reshape(*x_BxI.shape[:-1], w_BIO.shape[-1])
+
+
+def any_matmul(x_BxI: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
+    """`matmul` for a shared (I, O) weight, `row_matmul` for a per-row (B, I, O) one."""
+    return row_matmul(x_BxI, w, dtype) if w.ndim == 3 else matmul(x_BxI, w, dtype)
+
+
 def add_bias(y_BxO: jax.Array, bias_O: jax.Array) -> jax.Array:
-    """`y + b` over the last axis, with the broadcast spelled out (rank promotion is an error)."""
+    """`y + b` over the last axis, with the broadcast spelled out (rank promotion is an error);
+    a per-row bias (B, O) adds row b's bias to row b."""
+    if bias_O.ndim == 2:
+        return y_BxO + bias_O.reshape(bias_O.shape[:1] + (1,) * (y_BxO.ndim - 2)
+                                      + bias_O.shape[1:])
     return y_BxO + bias_O.reshape((1,) * (y_BxO.ndim - 1) + bias_O.shape)
+
+
+def scale_features(y_BxO: jax.Array, scale: jax.Array) -> jax.Array:
+    """`y * s` over the last axis for a shared (O,) or a per-row (B, O) scale (IA3)."""
+    if scale.ndim == 2:
+        return y_BxO * scale.reshape(scale.shape[:1] + (1,) * (y_BxO.ndim - 2) + scale.shape[1:])
+    return y_BxO * scale.reshape((1,) * (y_BxO.ndim - 1) + scale.shape)
 
 
 @jax.custom_vjp
@@ -122,35 +152,42 @@ def _peft_variable(module: nn.Module, name: str, init: Callable, shape, axes):
 
 
 class Dense(nn.Module):
-    """`y = x @ W + b` over the last axis, plus a LoRA update when this module is a target."""
+    """`y = x @ W + b` over the last axis, plus a LoRA update when this module is a target.
+
+    `in_peft=True` keeps W and b in the `peft` collection instead of `params` (a named
+    adapter's own task head); PEFT leaves may be per row (see the module docstring)."""
     features: int
     axes: tuple[str | None, str | None]
     use_bias: bool = True
     dtype: Dtype = jnp.float32
     kernel_init: Callable = nn.initializers.normal(0.02)
     peft: PeftSpec = NO_PEFT
+    in_peft: bool = False
+
+    def _weight(self, name, init, shape, axes):
+        if self.in_peft:
+            return _peft_variable(self, name, init, shape, axes)
+        return self.param(name, nn.with_logical_partitioning(init, axes), shape)
 
     @nn.compact
     def __call__(self, x_BI: jax.Array, deterministic: bool = True) -> jax.Array:
         in_features = x_BI.shape[-1]
-        kernel_IO = self.param(
-            "kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
-            (in_features, self.features))
+        kernel_IO = self._weight("kernel", self.kernel_init, (in_features, self.features),
+                                 self.axes)
         ia3 = self.peft.ia3_mode(self.scope.path)
         if ia3 == "input":  # IA3 on a feed-forward down projection scales its input
             scale_I = _peft_variable(self, "ia3", nn.initializers.ones, (in_features,),
                                      (None,))  # PEFT vectors are replicated (issue 5)
-            x_BI = x_BI * scale_I.reshape((1,) * (x_BI.ndim - 1) + scale_I.shape)
-        y_BO = matmul(x_BI, kernel_IO, self.dtype)
+            x_BI = scale_features(x_BI, scale_I)
+        y_BO = any_matmul(x_BI, kernel_IO, self.dtype)
         if self.use_bias:
-            bias_O = self.param(
-                "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
-                (self.features,))
+            bias_O = self._weight("bias", nn.initializers.zeros, (self.features,),
+                                  self.axes[1:])
             y_BO = add_bias(y_BO, bias_O)
         if ia3 == "output":  # ... elsewhere its output, bias included (as HF PEFT)
             scale_O = _peft_variable(self, "ia3", nn.initializers.ones, (self.features,),
                                      (None,))
-            y_BO = y_BO * scale_O.reshape((1,) * (y_BO.ndim - 1) + scale_O.shape)
+            y_BO = scale_features(y_BO, scale_O)
         if self.peft.is_lora_target(self.scope.path):
             rank = self.peft.lora_rank
             a_IR = _peft_variable(self, "lora_a", lora_a_init, (in_features, rank),
@@ -158,7 +195,7 @@ class Dense(nn.Module):
             b_RO = _peft_variable(self, "lora_b", nn.initializers.zeros, (rank, self.features),
                                   (ax.RANK, self.axes[1]))
             x_BI = Dropout(self.peft.lora_dropout)(x_BI, deterministic=deterministic)
-            update_BO = matmul(matmul(x_BI, a_IR, self.dtype), b_RO, self.dtype)
+            update_BO = any_matmul(any_matmul(x_BI, a_IR, self.dtype), b_RO, self.dtype)
             y_BO = y_BO + self.peft.lora_scale * update_BO
         return y_BO
 

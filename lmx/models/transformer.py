@@ -390,8 +390,8 @@ class Transformer(nn.Module):
 
     def _classify(self, x_BxD, embeddings, deterministic):
         table_VD = embeddings.token.embedding
-        return Head(self.cfg, self.task, self.num_labels, name="head")(x_BxD, table_VD,
-                                                                       deterministic)
+        return Head(self.cfg, self.task, self.num_labels, self.peft.head_in_peft,
+                    name="head")(x_BxD, table_VD, deterministic)
 
     def _default_positions(self, mask_BT, decode):
         B, T = mask_BT.shape
@@ -431,6 +431,7 @@ class Head(nn.Module):
     cfg: TransformerConfig
     task: str
     num_labels: int = 0
+    in_peft: bool = False  # the classifier in the `peft` collection (a named adapter's head)
 
     @nn.compact
     def __call__(self, h_BxD, table_VD, deterministic: bool):
@@ -450,7 +451,7 @@ class Head(nn.Module):
         h_BxD = Dropout(cfg.dropout_rate)(h_BxD, deterministic=deterministic)
         use_bias = cfg.classifier_bias or self.task == "token_classification"
         return Dense(self.num_labels, (ax.EMBED, None), use_bias=use_bias, dtype=dt,
-                     name="classifier")(h_BxD)
+                     in_peft=self.in_peft, name="classifier")(h_BxD)
 
 
 def size(name: str, **overrides: Any) -> TransformerConfig:
