@@ -44,6 +44,9 @@ class Suite:
     learning_rate_lora: float = 2e-3
     learning_rate_full: float = 1e-4
     warmup_fraction: float = 0.06
+    conll_steps: int = 150  # end-to-end LoRA on CoNLL-2003 NER: a fixed step budget
+    conll_max_length: int = 128
+    conll_sentences: int = 0  # > 0: the first sentences of eng.train only
 
 
 _MINILM = Workload("minilm-banking77", "transformer", "minilm-l6", batch_size=32, seq_len=64,
@@ -66,7 +69,8 @@ SUITES = {
                                 batch_size=8, seq_len=32, pretrained=TINY_FOLDER),
         ),
         e2e_steps=4, e2e_max_length=16, e2e_batch_size=8, compile_size="bert-tiny",
-        compile_layers=2, e2e_rows=400, warmup=1, repeats=3, ceiling_size=256),
+        compile_layers=2, e2e_rows=400, warmup=1, repeats=3, ceiling_size=256,
+        conll_steps=3, conll_max_length=32, conll_sentences=200),
 }
 
 
@@ -107,6 +111,36 @@ def banking77_train_file(suite: Suite, workdir: str) -> str:
     with open(subset, "w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows(rows)
     return subset
+
+
+def conll_train_file(suite: Suite, workdir: str) -> str:
+    """CoNLL-2003's eng.train (lmx.data.catalog's local copy), or its first
+    `suite.conll_sentences` sentences written under `workdir`."""
+    from lmx.data import catalog  # noqa: PLC0415
+    path = catalog.data("conll2003")["train_file"]
+    if path.startswith("tfds:"):
+        raise FileNotFoundError("the CoNLL end-to-end row reads ../shared/data/conll2003/eng.train")
+    if not suite.conll_sentences:
+        return path
+    out, sentences = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            out.append(line)
+            if not line.strip() and out[-2:-1] and not out[-2].startswith("-DOCSTART-"):
+                sentences += 1
+                if sentences == suite.conll_sentences:
+                    break
+    subset = os.path.join(workdir, "eng.train.subset")
+    with open(subset, "w", encoding="utf-8") as f:
+        f.writelines(out)
+    return subset
+
+
+# Levers of lmx's end-to-end run, one at a time (`python -m bench.run --parts e2e
+# --sides lmx:NAME`): config overrides ("section.key": value) over the bench's settings.
+LEVERS: dict[str, dict] = {
+    "default": {},
+}
 
 
 def get_workload(suite: Suite, name: str) -> Workload:
