@@ -140,6 +140,10 @@ def conll_train_file(suite: Suite, workdir: str) -> str:
 # --sides lmx:NAME`): config overrides ("section.key": value) over the bench's settings.
 LEVERS: dict[str, dict] = {
     "default": {},
+    "scan": {"model.scan_layers": True},  # one scanned block: a faster compile per shape
+    "pad8": {"data.pad_multiple": 8},  # less padding, twice the shapes to compile
+    "pad32": {"data.pad_multiple": 32},  # fewer shapes, more padding
+    "scan-pad8": {"model.scan_layers": True, "data.pad_multiple": 8},
 }
 
 
