@@ -57,7 +57,8 @@ def e2e_summary(runs: list[dict]) -> list[dict]:
     for task, side in dict.fromkeys((r["task"], r["side"]) for r in runs):
         mine = [r for r in runs if (r["task"], r["side"]) == (task, side)]
         speeds = [r["examples_per_s"] for r in mine]
-        med = lambda key: statistics.median(r.get(key, math.nan) for r in mine)  # noqa: E731
+        def med(key, mine=mine):
+            return statistics.median(r.get(key, math.nan) for r in mine)
         rows.append({"task": task, "side": side, "runs": len(mine), "steps": mine[0]["steps"],
                      "min": min(speeds), "median": statistics.median(speeds),
                      "wall_s": med("wall_s"), "setup_s": med("setup_s"),

@@ -138,8 +138,8 @@ def run(suite_name: str, dtypes: list[str], epochs: float, workdir: str, command
     e2e_dir = dirs[suite.workloads[0].pretrained]
     for task in ("banking77", "conll"):
         if f"e2e-{task}" in parts or "e2e" in parts:
-            runs = _end_to_end(suite, suite_name, task, dtypes[0], epochs, workdir, e2e_dir,
-                               sides, repeats)
+            runs = _end_to_end(suite, suite_name, task, dtypes[0], epochs or suite.e2e_epochs,
+                               workdir, e2e_dir, sides, repeats, accuracy=bool(epochs))
             key = "e2e_accuracy" if epochs else "e2e"
             done = {(r["task"], r["side"], r["repeat"]) for r in runs}
             results[key] = [r for r in results[key]
@@ -164,7 +164,7 @@ def _merge_base(previous: dict | None, suite_name: str) -> dict:
 
 
 def _end_to_end(suite, suite_name, task, dtype, epochs, workdir, model_dir, sides,
-                repeats) -> list[dict]:
+                repeats, accuracy: bool) -> list[dict]:
     """`repeats` rounds over `sides`, rotating who goes first; each run in a fresh worker
     process (its RSS is its own, nothing left from an earlier run)."""
     train_file = (workloads.conll_train_file(suite, workdir) if task == "conll" else
@@ -180,11 +180,11 @@ def _end_to_end(suite, suite_name, task, dtype, epochs, workdir, model_dir, side
                     r = worker("end_to_end", suite=suite_name, model_dir=model_dir, dtype=dtype,
                                workdir=os.path.join(workdir, f"e2e-{task}-{repeat}-{order}"),
                                train_file=train_file, epochs=epochs, task=task,
-                               overrides=workloads.LEVERS[lever])
+                               overrides=workloads.LEVERS[lever], accuracy=accuracy)
                 else:
                     r = worker("end_to_end", suite=suite_name, model_dir=model_dir,
                                train_file=train_file, epochs=epochs, task=task,
-                               sampler=side.partition("-")[2])
+                               sampler=side.partition("-")[2], accuracy=accuracy)
             finally:
                 worker.close()
             r.update(side=side, repeat=repeat, order=order)
@@ -200,8 +200,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtypes", default="float32,bfloat16",
                         help="lmx compute dtypes of the raw steps (the first one end to end)")
     parser.add_argument("--epochs", type=float, default=0,
-                        help="> 0: the end-to-end runs train this many epochs and report "
-                             "validation accuracy (3 MiniLM epochs: ~25 min a side on 2 cores)")
+                        help="> 0: accuracy runs: BANKING77 this many epochs, validation "
+                             "accuracy reported (3 epochs: ~5-10 min a side on 2 cores); 0: "
+                             "throughput runs (the suite's e2e_epochs / e2e_steps)")
     parser.add_argument("--parts", default="e2e,raw,compile",
                         help="which parts to run: e2e (= e2e-banking77,e2e-conll), raw, "
                              "compile; results merge into --out's results.json")

@@ -211,7 +211,8 @@ def _collate(tokenizer, rows: list[dict]) -> dict:
 
 
 def end_to_end(suite: Suite, model_dir: str, train_file: str, epochs: float = 0,
-               sampler: str = "plain", task: str = "banking77") -> dict:
+               sampler: str = "plain", task: str = "banking77", accuracy: bool = False
+               ) -> dict:
     """LoRA (r=8, query/value) through a user's torch loop, wall time from nothing.
 
     BANKING77 with sampler "plain": random batches tokenized per batch (`padding=True`);
@@ -230,8 +231,8 @@ def end_to_end(suite: Suite, model_dir: str, train_file: str, epochs: float = 0,
             max_length = suite.e2e_max_length
         batch_size = suite.e2e_batch_size
         per_epoch = len(train_idx) // batch_size
-        total = (int(math.ceil(epochs * per_epoch)) if epochs else
-                 suite.conll_steps if task == "conll" else suite.e2e_steps)
+        total = (suite.conll_steps if task == "conll" else
+                 int(math.ceil(epochs * per_epoch)) if epochs else suite.e2e_steps)
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         model = build(None, "lora", model_dir, num_labels,
                       task="TOKEN_CLS" if task == "conll" else "SEQ_CLS")
@@ -270,7 +271,7 @@ def end_to_end(suite: Suite, model_dir: str, train_file: str, epochs: float = 0,
            "batch_size": batch_size, "wall_s": wall_s, "setup_s": setup_s,
            "examples_per_s": total * batch_size / wall_s, "final_loss": final_loss,
            "tokens_padded": padded, "tokens_real": real, **rss.result()}
-    if epochs and task == "banking77":
+    if accuracy and task == "banking77":
         out["validation_accuracy"] = _accuracy(model, tokenizer, texts, labels, valid_idx,
                                                max_length)
     return out

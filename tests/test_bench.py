@@ -106,8 +106,8 @@ def test_grouped_reference_uses_transformers_sampler_and_pads_less():
         rows = np.concatenate(batches)
         assert len(set(rows.tolist())) == len(rows) and set(rows.tolist()) <= set(train_idx.tolist())
         padded[sampler] = sum(32 * max(lengths[i] for i in b) for b in batches)
-    from transformers.trainer_pt_utils import get_length_grouped_indices
     import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
     expected = get_length_grouped_indices([lengths[i] for i in train_idx], 32,
                                           generator=torch.Generator().manual_seed(1))
     assert np.array_equal(np.concatenate(torch_side._epoch_batches(

@@ -60,7 +60,8 @@ class Family:
 
 def _forward_tokens(module, variables, batch, train: bool, rngs: dict):
     logits = module.apply(variables, batch["ids"], batch["mask"], batch["token_types"],
-                          deterministic=not train, rngs=rngs, targets_BM=batch.get("targets"))
+                          batch.get("positions"), deterministic=not train, rngs=rngs,
+                          targets_BM=batch.get("targets"), segment_ids_BT=batch.get("segment_ids"))
     return logits, {}
 
 
