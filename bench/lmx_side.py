@@ -152,12 +152,12 @@ def end_to_end(suite: Suite, model_dir: str, dtype: str, workdir: str, train_fil
         start = time.perf_counter()
         trainer = loop.Trainer(c, workdir, devices=jax.devices()[:1])
         ready_s = time.perf_counter() - start
-        loss, padded, real = _train(trainer)
+        loss, padded, real, examples = _train(trainer)
         wall_s = time.perf_counter() - start
     out = {"side": "lmx", "task": task, "dtype": dtype, "overrides": overrides or {},
            "steps": trainer.total_steps, "batch_size": c.train.batch_size,
            "wall_s": wall_s, "setup_s": ready_s,
-           "examples_per_s": trainer.total_steps * c.train.batch_size / wall_s,
+           "examples": examples, "examples_per_s": examples / wall_s,
            "final_loss": loss, "tokens_padded": padded, "tokens_real": real,
            "compiles": clock.count, "compile_s": clock.seconds, **rss.result()}
     if accuracy and task == "banking77":
@@ -165,19 +165,22 @@ def end_to_end(suite: Suite, model_dir: str, dtype: str, workdir: str, train_fil
     return out
 
 
-def _train(trainer: loop.Trainer) -> tuple[float, int, int]:
+def _train(trainer: loop.Trainer) -> tuple[float, int, int, int]:
     """The loop's steps (metrics fetched one step late), without eval or checkpoints; returns
-    the last loss and the padded / real tokens the steps saw."""
+    the last loss, the padded / real tokens and the examples the steps saw (a packed step
+    holds about batch_size examples: its segments are counted)."""
     stream, pending, loss = trainer.train_stream(0), None, float("nan")
-    padded = real = 0
+    padded = real = examples = 0
     with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
         for _ in range(trainer.total_steps):
             batch = next(stream)
             padded, real = padded + batch["ids"].size, real + int(batch["mask"].sum())
+            examples += (int((batch["mask"] & (batch["positions"] == 0)).sum())
+                         if "segment_ids" in batch else int(batch["weights"].sum()))
             trainer.state, metrics = trainer.train_step(
                 trainer.state, trainer.frozen, trainer.device_batch(batch))
             if pending is not None:
                 loss = float(pending["loss"])
             pending = metrics
         jax.block_until_ready(trainer.state)
-    return (float(pending["loss"]) if pending is not None else loss), padded, real
+    return (float(pending["loss"]) if pending is not None else loss), padded, real, examples

@@ -269,7 +269,8 @@ def end_to_end(suite: Suite, model_dir: str, train_file: str, epochs: float = 0,
         wall_s = time.perf_counter() - start
     out = {"side": f"torch-{sampler}", "task": task, "dtype": "float32", "steps": total,
            "batch_size": batch_size, "wall_s": wall_s, "setup_s": setup_s,
-           "examples_per_s": total * batch_size / wall_s, "final_loss": final_loss,
+           "examples": total * batch_size, "examples_per_s": total * batch_size / wall_s,
+           "final_loss": final_loss,
            "tokens_padded": padded, "tokens_real": real, **rss.result()}
     if accuracy and task == "banking77":
         out["validation_accuracy"] = _accuracy(model, tokenizer, texts, labels, valid_idx,
