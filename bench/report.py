@@ -66,7 +66,7 @@ def e2e_summary(runs: list[dict]) -> list[dict]:
                      "compile_s": med("compile_s"), "rss": med("rss_peak_increase_bytes"),
                      "final_loss": med("final_loss")})
     for row in rows:
-        for ref in ("torch-plain", "torch-grouped"):
+        for ref in ("torch-plain", "torch-grouped", "lmx"):
             other = next((r for r in rows if (r["task"], r["side"]) == (row["task"], ref)), None)
             row[f"vs_{ref}"] = row["median"] / other["median"] if other else math.nan
     return rows
@@ -80,14 +80,17 @@ def _e2e_lines(results: dict) -> list[str]:
              "`torch-grouped`: the split tokenized once, transformers' `LengthGroupedSampler`, "
              "padded to the longest of each batch (what `group_by_length=True` does); "
              "`lmx[:lever]`: `loop.Trainer`, wall time includes tokenizing and every compile.",
-             "", "| task | side | runs | steps x 32 | median (ex/s) | min (ex/s) | "
-             "vs plain (x) | vs grouped (x) | median wall (s) | setup (s) | compile (s) | "
-             "tokens padded / real | RSS increase (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Every `lmx:LEVER` row is one lever over the default `lmx` (what it bought: the "
+             "`vs lmx` column; `bench/workloads.LEVERS`).",
+             "", "| task | side | runs | steps | median (ex/s) | min (ex/s) | "
+             "vs plain (x) | vs grouped (x) | vs lmx (x) | median wall (s) | setup (s) | "
+             "compile (s) | tokens padded / real | RSS increase (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in e2e_summary(results["e2e"]):
         lines.append(f"| {r['task']} | {r['side']} | {r['runs']} | {r['steps']} | "
                      f"{_f(r['median'], '.1f')} | {_f(r['min'], '.1f')} | "
                      f"{_f(r['vs_torch-plain'], '.2f')}x | {_f(r['vs_torch-grouped'], '.2f')}x | "
+                     f"{_f(r['vs_lmx'], '.2f')}x | "
                      f"{_f(r['wall_s'], '.1f')} | {_f(r['setup_s'], '.1f')} | "
                      f"{_f(r['compile_s'], '.1f')} | {_f(r['tokens_padded'], '.0f')} / "
                      f"{_f(r['tokens_real'], '.0f')} | {_f(r['rss'], '.0f', MiB)} |")
