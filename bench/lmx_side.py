@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 
 from bench import measure
 from bench.workloads import Suite, Workload
-from experiments import banking77_lora
+from experiments import banking77_lora, conll03_ner
 from lmx import config as config_lib
 from lmx.models import transformer
 from lmx.scale import sharding
@@ -94,42 +94,93 @@ def compile_seconds(size: str, num_layers: int, scan: bool,
             "compile_s": time.perf_counter() - start}
 
 
-def end_to_end(suite: Suite, model_dir: str, dtype: str, workdir: str, train_file: str,
-               epochs: float = 0) -> dict:
-    """LoRA on BANKING77 through `loop.Trainer`: wall time from nothing to the last step
-    (model load, tokenizing the whole train split, bucketing, compiles, steps)."""
-    c = banking77_lora.get_config("")
+def _e2e_config(suite: Suite, task: str, model_dir: str, dtype: str, train_file: str,
+                epochs: float, overrides: dict):
+    """The experiment's config with the bench's shared settings (LoRA r=8 on query/value, as
+    PEFT's; batch, lr, schedule), then `overrides` ("section.key": value, a lever)."""
+    if task == "conll":
+        c = conll03_ner.get_config("")
+        c.data.max_length, c.train.num_steps = suite.conll_max_length, suite.conll_steps
+        c.peft.lora.rank, c.peft.lora.alpha = 8, 16.0
+    else:
+        c = banking77_lora.get_config("")
+        c.model.pooling = "cls"  # as transformers' BertForSequenceClassification
+        c.data.max_length = suite.e2e_max_length
+        c.train.num_steps = 0 if epochs else suite.e2e_steps
+        c.train.num_epochs = float(epochs or c.train.num_epochs)
     c.model.pretrained, c.model.dtype, c.data.train_file = model_dir, dtype, train_file
-    c.model.pooling = "cls"  # as transformers' BertForSequenceClassification
     c.peft.lora.targets = config_lib.base_config().peft.lora.targets  # query/value, as PEFT's
-    c.data.max_length, c.train.batch_size = suite.e2e_max_length, suite.e2e_batch_size
+    c.train.batch_size = suite.e2e_batch_size
     c.train.learning_rate, c.train.warmup_fraction = suite.learning_rate_lora, suite.warmup_fraction
-    c.train.num_steps = 0 if epochs else suite.e2e_steps
-    c.train.num_epochs = float(epochs or c.train.num_epochs)
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        if section == "jax":
+            continue  # process settings (end_to_end applies them)
+        if name not in c[section]:
+            raise KeyError(f"bench lever {key!r}: no such config key")
+        c[section][name] = value
+    return c
+
+
+class _CompileClock:
+    """XLA compiles and their seconds, from JAX's monitoring events, while installed."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.count, self.seconds = 0, 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event: str, duration: float, **_) -> None:
+        if event == self.EVENT:
+            self.count, self.seconds = self.count + 1, self.seconds + duration
+
+
+def end_to_end(suite: Suite, model_dir: str, dtype: str, workdir: str, train_file: str,
+               epochs: float = 0, task: str = "banking77", overrides: dict | None = None,
+               accuracy: bool = False) -> dict:
+    """LoRA through `loop.Trainer` (BANKING77, or CoNLL-2003 NER with task="conll"): wall time
+    from nothing to the last step (model load, tokenizing the whole train split, bucketing,
+    compiles, steps). `overrides`: config keys of the lever being measured."""
+    c = _e2e_config(suite, task, model_dir, dtype, train_file, epochs, overrides or {})
+    if (overrides or {}).get("jax.compilation_cache"):  # shared by the invocation's runs
+        jax.config.update("jax_compilation_cache_dir",
+                          os.path.join(os.path.dirname(workdir), "jax-cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    clock = _CompileClock()
     with measure.PeakRss() as rss:
         start = time.perf_counter()
         trainer = loop.Trainer(c, workdir, devices=jax.devices()[:1])
         ready_s = time.perf_counter() - start
-        loss = _train(trainer)
+        loss, padded, real, examples = _train(trainer)
         wall_s = time.perf_counter() - start
-    out = {"side": "lmx", "dtype": dtype, "steps": trainer.total_steps,
-           "batch_size": c.train.batch_size, "wall_s": wall_s, "setup_s": ready_s,
-           "examples_per_s": trainer.total_steps * c.train.batch_size / wall_s,
-           "final_loss": loss, **rss.result()}
-    if epochs:
+    out = {"side": "lmx", "task": task, "dtype": dtype, "overrides": overrides or {},
+           "steps": trainer.total_steps, "batch_size": c.train.batch_size,
+           "wall_s": wall_s, "setup_s": ready_s,
+           "examples": examples, "examples_per_s": examples / wall_s,
+           "final_loss": loss, "tokens_padded": padded, "tokens_real": real,
+           "compiles": clock.count, "compile_s": clock.seconds, **rss.result()}
+    if accuracy and task == "banking77":
         out["validation_accuracy"] = trainer.evaluate(trainer.datasets["validation"])["accuracy"]
     return out
 
 
-def _train(trainer: loop.Trainer) -> float:
-    """The loop's steps (metrics fetched one step late), without eval or checkpoints."""
+def _train(trainer: loop.Trainer) -> tuple[float, int, int, int]:
+    """The loop's steps (metrics fetched one step late), without eval or checkpoints; returns
+    the last loss, the padded / real tokens and the examples the steps saw (a packed step
+    holds about batch_size examples: its segments are counted)."""
     stream, pending, loss = trainer.train_stream(0), None, float("nan")
+    padded = real = examples = 0
     with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
         for _ in range(trainer.total_steps):
+            batch = next(stream)
+            padded, real = padded + batch["ids"].size, real + int(batch["mask"].sum())
+            examples += (int((batch["mask"] & (batch["positions"] == 0)).sum())
+                         if "segment_ids" in batch else int(batch["weights"].sum()))
             trainer.state, metrics = trainer.train_step(
-                trainer.state, trainer.frozen, trainer.device_batch(next(stream)))
+                trainer.state, trainer.frozen, trainer.device_batch(batch))
             if pending is not None:
                 loss = float(pending["loss"])
             pending = metrics
         jax.block_until_ready(trainer.state)
-    return float(pending["loss"]) if pending is not None else loss
+    return (float(pending["loss"]) if pending is not None else loss), padded, real, examples

@@ -49,37 +49,84 @@ def _memory_rows(raw: list[dict]) -> list[str]:
     return rows
 
 
+def e2e_summary(runs: list[dict]) -> list[dict]:
+    """Per (task, side): min / median examples/s over its runs, median tokens / compiles /
+    RSS, and the median's ratio to each reference's median on the same task."""
+    import statistics  # noqa: PLC0415
+    rows = []
+    for task, side in dict.fromkeys((r["task"], r["side"]) for r in runs):
+        mine = [r for r in runs if (r["task"], r["side"]) == (task, side)]
+        speeds = [r["examples_per_s"] for r in mine]
+        def med(key, mine=mine):
+            return statistics.median(r.get(key, math.nan) for r in mine)
+        rows.append({"task": task, "side": side, "runs": len(mine), "steps": mine[0]["steps"],
+                     "min": min(speeds), "median": statistics.median(speeds),
+                     "wall_s": med("wall_s"), "setup_s": med("setup_s"),
+                     "tokens_padded": med("tokens_padded"), "tokens_real": med("tokens_real"),
+                     "compile_s": med("compile_s"), "rss": med("rss_peak_increase_bytes"),
+                     "final_loss": med("final_loss")})
+    for row in rows:
+        for ref in ("torch-plain", "torch-grouped", "lmx"):
+            other = next((r for r in rows if (r["task"], r["side"]) == (row["task"], ref)), None)
+            row[f"vs_{ref}"] = row["median"] / other["median"] if other else math.nan
+    return rows
+
+
+def _e2e_lines(results: dict) -> list[str]:
+    lines = ["## End to end: LoRA r=8 (query, value), one epoch of BANKING77 / a fixed CoNLL "
+             "step budget", "",
+             "Each run in a fresh worker process; rounds rotate which side goes first. "
+             "`torch-plain`: random batches tokenized per batch, padded to the longest; "
+             "`torch-grouped`: the split tokenized once, transformers' `LengthGroupedSampler`, "
+             "padded to the longest of each batch (what `group_by_length=True` does); "
+             "`lmx[:lever]`: `loop.Trainer`, wall time includes tokenizing and every compile.",
+             "Every `lmx:LEVER` row is one lever over the default `lmx` (what it bought: the "
+             "`vs lmx` column; `bench/workloads.LEVERS`).",
+             "", "| task | side | runs | steps | median (ex/s) | min (ex/s) | "
+             "vs plain (x) | vs grouped (x) | vs lmx (x) | median wall (s) | setup (s) | "
+             "compile (s) | tokens padded / real | RSS increase (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in e2e_summary(results["e2e"]):
+        lines.append(f"| {r['task']} | {r['side']} | {r['runs']} | {r['steps']} | "
+                     f"{_f(r['median'], '.1f')} | {_f(r['min'], '.1f')} | "
+                     f"{_f(r['vs_torch-plain'], '.2f')}x | {_f(r['vs_torch-grouped'], '.2f')}x | "
+                     f"{_f(r['vs_lmx'], '.2f')}x | "
+                     f"{_f(r['wall_s'], '.1f')} | {_f(r['setup_s'], '.1f')} | "
+                     f"{_f(r['compile_s'], '.1f')} | {_f(r['tokens_padded'], '.0f')} / "
+                     f"{_f(r['tokens_real'], '.0f')} | {_f(r['rss'], '.0f', MiB)} |")
+    lines += ["", "Runs in order (repeat.order side: examples/s):", ""]
+    lines += ["- " + ", ".join(f"{r['task']} {r['repeat']}.{r['order']} {r['side']}: "
+                               f"{r['examples_per_s']:.1f}" for r in results["e2e"])]
+    if results["e2e_accuracy"]:
+        lines += ["", "Accuracy runs (validation accuracy after the epochs; ex/s of that run):",
+                  "", "| task | side | steps | examples/s | validation accuracy |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['task']} | {r['side']} | {r['steps']} | "
+                  f"{_f(r['examples_per_s'], '.1f')} | {_f(r.get('validation_accuracy'), '.4f')} |"
+                  for r in results["e2e_accuracy"]]
+    return lines
+
+
 def markdown(results: dict) -> str:
-    m, c = results["machine"], results["ceiling"]
+    m, c = results["machine"], results["ceiling"] or {}
     v = m["versions"]
     lines = [
-        "# lmx vs transformers + peft: one run, side by side", "",
-        f"Command: `{results['command']}`  ",
-        f"Date: {m['date']}  ",
+        "# lmx vs transformers + peft: side by side", "",
+        "Parts (merged into one file; each line the command that produced it):", ""]
+    lines += [f"- `{p['command']}` ({p['date']})" for p in results["part_runs"].values()]
+    lines += [
+        "",
         f"Machine: {m.get('cpu_model', '?')}, {m.get('cpus', '?')} CPUs "
         f"({m.get('threads_per_core', '?')} threads per core), AMX: {m.get('cpu_flags_amx')}; "
         f"JAX devices: {', '.join(m['jax_devices'])}; torch threads: {results['torch_threads']}  ",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()), "",
-        f"Matmul ceiling ({c['size']}^3, jitted, median): float32 "
-        f"{_f(c['float32_flops_per_s'], '.1f', 1e9)} GFLOP/s; bfloat16 inputs with float32 "
-        f"accumulation {_f(c['bfloat16_flops_per_s'], '.1f', 1e9)} GFLOP/s. MFU = XLA FLOPs per "
-        "step / step time / the ceiling of the dtype used (the reference runs float32 and is "
-        "credited with the same FLOPs).", "",
-        "## End to end: LoRA r=8 (query, value) on BANKING77", "",
-        "| side | steps | batch | wall to last step (s) | setup (s) | examples/s | final loss | "
-        "RSS increase (MiB) |", "|---|---|---|---|---|---|---|---|"]
-    for r in results["e2e"]:
-        lines.append(f"| {r['side']} ({r['dtype']}) | {r['steps']} | {r['batch_size']} | "
-                     f"{_f(r['wall_s'], '.1f')} s | {_f(r['setup_s'], '.1f')} s | "
-                     f"{_f(r['examples_per_s'], '.1f')} ex/s | {_f(r['final_loss'], '.3f')} | "
-                     f"{_f(r['rss_peak_increase_bytes'], '.1f', MiB)} MiB |"
-                     + (f" validation accuracy {r['validation_accuracy']:.4f} |"
-                        if "validation_accuracy" in r else ""))
-    lines += ["", f"lmx / reference end-to-end examples/s: "
-              f"{_f(results['e2e_ratio'], '.2f')}x", "",
-              "Per-run RSS increase: VmHWM (reset on entry) minus VmRSS at entry, in each "
-              "side's own worker process (earlier runs of the same side stay resident).", "",
-              "## Raw training step (fixed batch, median after warmup)", ""]
+        f"Matmul ceiling ({c.get('size')}^3, jitted, median): float32 "
+        f"{_f(c.get('float32_flops_per_s'), '.1f', 1e9)} GFLOP/s; bfloat16 inputs with float32 "
+        f"accumulation {_f(c.get('bfloat16_flops_per_s'), '.1f', 1e9)} GFLOP/s. MFU = XLA FLOPs "
+        "per step / step time / the ceiling of the dtype used (the reference runs float32 and is "
+        "credited with the same FLOPs).", ""]
+    lines += _e2e_lines(results)
+    lines += ["", "## Raw training step (fixed batch, median after warmup)", ""]
     lines += _speed_rows(results["raw"]) + ["", "## Memory", ""] + _memory_rows(results["raw"])
     lines += ["", "## Compile time of a full fine-tuning step (lower + compile)", "",
               "| model | scan over layers | compile (s) |", "|---|---|---|"]

@@ -94,46 +94,104 @@ def _model_dirs(suite: workloads.Suite, ref: Worker, workdir: str) -> dict[str, 
     return dirs
 
 
+E2E_SIDES = ("lmx", "torch-plain", "torch-grouped")
+
+
 def run(suite_name: str, dtypes: list[str], epochs: float, workdir: str, command: str,
-        lmx: Worker, ref: Worker, parts: set[str], only: set[str]) -> dict:
-    """The suite's parts ("e2e", "raw", "compile"); `only`: raw "workload:method" pairs."""
+        parts: set[str], only: set[str], sides: list[str], repeats: range,
+        previous: dict | None = None) -> dict:
+    """The suite's parts ("e2e-banking77", "e2e-conll", "raw", "compile"; "e2e" = both
+    e2e parts), merged over `previous` (a results.json): a part run again replaces its rows.
+    `only`: raw "workload:method" pairs; `sides`: end-to-end sides ("lmx[:LEVER]",
+    "torch-plain", "torch-grouped"), each run once per round in `repeats` (a round's number
+    rotates who goes first; a part can run one round at a time) in a fresh worker process;
+    a (task, side, round) run again replaces the earlier one."""
     suite = workloads.get_suite(suite_name)
-    results = {"command": command, "suite": suite_name, "machine": measure.machine(),
-               "torch_threads": ref("threads"), "e2e": [], "e2e_ratio": None, "raw": [],
-               "lora_vs_full": [], "compile": []}
-    results["machine"]["jax_devices"] = lmx("devices")
-    results["ceiling"] = lmx("ceiling", size=suite.ceiling_size, repeats=suite.repeats)
-    print(json.dumps(results["ceiling"]), flush=True)
-    dirs = _model_dirs(suite, ref, workdir)
-    if "e2e" in parts:
-        _end_to_end(results, suite, suite_name, dtypes[0], epochs, workdir,
-                    dirs[suite.workloads[0].pretrained], lmx, ref)
-    raw = []
-    for w in suite.workloads:
-        for method in w.methods:
-            for dtype in dtypes if "raw" in parts and (not only or f"{w.name}:{method}" in only) \
-                    else ():
-                raw.append(_raw_pair(lmx, ref, suite_name, w, method, dtype,
-                                     dirs[w.pretrained], results["ceiling"], len(raw) % 2 == 0))
-    results["raw"], results["lora_vs_full"] = raw, _lora_vs_full(raw)
-    if "compile" in parts:
-        results["compile"] = [lmx("compile_seconds", scan=scan, suite=suite_name)
-                              for scan in (False, True)]
+    results = _merge_base(previous, suite_name)
+    results["machine"] = measure.machine()
+    results["part_runs"][",".join(sorted(parts))] = {"command": command,
+                                                      "date": results["machine"]["date"]}
+    lmx, ref = Worker("lmx"), Worker("torch")
+    try:
+        results["machine"]["jax_devices"] = lmx("devices")
+        results["torch_threads"] = ref("threads")
+        dirs = _model_dirs(suite, ref, workdir)
+        if "raw" in parts or "compile" in parts:
+            results["ceiling"] = lmx("ceiling", size=suite.ceiling_size, repeats=suite.repeats)
+            print(json.dumps(results["ceiling"]), flush=True)
+        raw = []
+        for w in suite.workloads:
+            for method in w.methods:
+                for dtype in dtypes if "raw" in parts and (not only or
+                                                           f"{w.name}:{method}" in only) else ():
+                    raw.append(_raw_pair(lmx, ref, suite_name, w, method, dtype,
+                                         dirs[w.pretrained], results["ceiling"],
+                                         len(raw) % 2 == 0))
+        if "raw" in parts:
+            results["raw"], results["lora_vs_full"] = raw, _lora_vs_full(raw)
+        if "compile" in parts:
+            results["compile"] = [lmx("compile_seconds", scan=scan, suite=suite_name)
+                                  for scan in (False, True)]
+    finally:
+        lmx.close()
+        ref.close()
+    e2e_dir = dirs[suite.workloads[0].pretrained]
+    for task in ("banking77", "conll"):
+        if f"e2e-{task}" in parts or "e2e" in parts:
+            runs = _end_to_end(suite, suite_name, task, dtypes[0], epochs or suite.e2e_epochs,
+                               workdir, e2e_dir, sides, repeats, accuracy=bool(epochs))
+            key = "e2e_accuracy" if epochs else "e2e"
+            done = {(r["task"], r["side"], r["repeat"]) for r in runs}
+            results[key] = [r for r in results[key]
+                            if (r["task"], r["side"], r["repeat"]) not in done] + runs
     return results
 
 
-def _end_to_end(results, suite, suite_name, dtype, epochs, workdir, e2e_dir, lmx, ref) -> None:
-    """LoRA on BANKING77 (MiniLM; the tiny folder in the tiny suite), lmx then the reference."""
-    train_file = workloads.banking77_train_file(suite, workdir)
-    results["e2e"] = [
-        lmx("end_to_end", suite=suite_name, model_dir=e2e_dir, dtype=dtype,
-            workdir=os.path.join(workdir, "e2e"), train_file=train_file, epochs=epochs),
-        ref("end_to_end", suite=suite_name, model_dir=e2e_dir, train_file=train_file,
-            epochs=epochs)]
-    results["e2e_ratio"] = (results["e2e"][0]["examples_per_s"] /
-                            results["e2e"][1]["examples_per_s"])
-    print(f"end to end: lmx {results['e2e'][0]['examples_per_s']:.1f} ex/s, reference "
-          f"{results['e2e'][1]['examples_per_s']:.1f} ex/s", flush=True)
+def _merge_base(previous: dict | None, suite_name: str) -> dict:
+    """`previous` (same suite) without rows of the old single-run format, or empty parts."""
+    base = {"suite": suite_name, "torch_threads": None, "ceiling": None, "e2e": [],
+            "e2e_accuracy": [], "raw": [], "lora_vs_full": [], "compile": [], "part_runs": {}}
+    if previous and previous.get("suite") == suite_name:
+        for key in base:
+            if key in previous and key != "suite":
+                base[key] = previous[key]
+        for key in ("e2e", "e2e_accuracy"):  # rows before the two-reference format: dropped
+            base[key] = [r for r in base[key] if "task" in r]
+        if "command" in previous and not base["part_runs"]:  # a single-run file's other parts
+            base["part_runs"]["raw,compile"] = {"command": previous["command"],
+                                                "date": previous["machine"]["date"]}
+    return base
+
+
+def _end_to_end(suite, suite_name, task, dtype, epochs, workdir, model_dir, sides,
+                repeats, accuracy: bool) -> list[dict]:
+    """`repeats` rounds over `sides`, rotating who goes first; each run in a fresh worker
+    process (its RSS is its own, nothing left from an earlier run)."""
+    train_file = (workloads.conll_train_file(suite, workdir) if task == "conll" else
+                  workloads.banking77_train_file(suite, workdir))
+    runs = []
+    for repeat in repeats:
+        shift = repeat % len(sides)
+        for order, side in enumerate(sides[shift:] + sides[:shift]):
+            worker = Worker("lmx" if side.startswith("lmx") else "torch")
+            try:
+                if side.startswith("lmx"):
+                    lever = side.partition(":")[2] or "default"
+                    r = worker("end_to_end", suite=suite_name, model_dir=model_dir, dtype=dtype,
+                               workdir=os.path.join(workdir, f"e2e-{task}-{repeat}-{order}"),
+                               train_file=train_file, epochs=epochs, task=task,
+                               overrides=workloads.LEVERS[lever], accuracy=accuracy)
+                else:
+                    r = worker("end_to_end", suite=suite_name, model_dir=model_dir,
+                               train_file=train_file, epochs=epochs, task=task,
+                               sampler=side.partition("-")[2], accuracy=accuracy)
+            finally:
+                worker.close()
+            r.update(side=side, repeat=repeat, order=order)
+            runs.append(r)
+            print(f"end to end {task} [{repeat}.{order}] {side}: "
+                  f"{r['examples_per_s']:.1f} ex/s ({r['wall_s']:.1f} s)", flush=True)
+    return runs
 
 
 def main(argv=None) -> dict:
@@ -142,10 +200,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtypes", default="float32,bfloat16",
                         help="lmx compute dtypes of the raw steps (the first one end to end)")
     parser.add_argument("--epochs", type=float, default=0,
-                        help="> 0: the end-to-end runs train this many epochs and report "
-                             "validation accuracy (3 MiniLM epochs: ~25 min a side on 2 cores)")
+                        help="> 0: accuracy runs: BANKING77 this many epochs, validation "
+                             "accuracy reported (3 epochs: ~5-10 min a side on 2 cores); 0: "
+                             "throughput runs (the suite's e2e_epochs / e2e_steps)")
     parser.add_argument("--parts", default="e2e,raw,compile",
-                        help="which parts to run (a partial run is not a result to commit)")
+                        help="which parts to run: e2e (= e2e-banking77,e2e-conll), raw, "
+                             "compile; results merge into --out's results.json")
+    parser.add_argument("--sides", default=",".join(E2E_SIDES),
+                        help="end-to-end sides: lmx[:LEVER] (bench/workloads.LEVERS), "
+                             "torch-plain, torch-grouped")
+    parser.add_argument("--repeats", type=int, default=3, help="end-to-end runs per side")
+    parser.add_argument("--first-round", type=int, default=0,
+                        help="number the end-to-end rounds from here (run rounds in parts)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new results.json instead of merging into --out's")
     parser.add_argument("--only", default="",
                         help="raw steps of these workload:method pairs only, comma separated "
                              "(e.g. minilm-banking77:lora)")
@@ -153,15 +221,16 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     command = "python -m bench.run " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None
                                                      else argv))
-    lmx, ref = Worker("lmx"), Worker("torch")
-    try:
-        with tempfile.TemporaryDirectory() as workdir:
-            results = run(args.suite, args.dtypes.split(","), args.epochs, workdir, command,
-                          lmx, ref, set(args.parts.split(",")), set(filter(None,
-                                                                         args.only.split(","))))
-    finally:
-        lmx.close()
-        ref.close()
+    previous_path = os.path.join(args.out, "results.json")
+    previous = None
+    if not args.fresh and os.path.exists(previous_path):
+        with open(previous_path) as f:
+            previous = json.load(f)
+    with tempfile.TemporaryDirectory() as workdir:
+        results = run(args.suite, args.dtypes.split(","), args.epochs, workdir, command,
+                      set(args.parts.split(",")), set(filter(None, args.only.split(","))),
+                      args.sides.split(","),
+                      range(args.first_round, args.first_round + args.repeats), previous)
     paths = report.write(results, args.out)
     print(report.markdown(results))
     print("wrote " + " and ".join(paths))

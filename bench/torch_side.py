@@ -57,17 +57,19 @@ def make_tiny_bert(dst: str, tokenizer_dir: str) -> str:
     return dst
 
 
-def build(w: Workload | None, method: str, model_dir: str, num_labels: int):
+def build(w: Workload | None, method: str, model_dir: str, num_labels: int,
+          task: str = "SEQ_CLS"):
     torch.manual_seed(0)
     if model_dir:
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=num_labels)
+        auto = (transformers.AutoModelForTokenClassification if task == "TOKEN_CLS" else
+                transformers.AutoModelForSequenceClassification)
+        model = auto.from_pretrained(model_dir, num_labels=num_labels)
     else:
         config = _random_config(w)
         model = (transformers.ResNetForImageClassification(config) if w.family == "resnet" else
                  transformers.AutoModelForSequenceClassification.from_config(config))
     if method == "lora":
-        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16,
+        model = get_peft_model(model, LoraConfig(task_type=task, r=8, lora_alpha=16,
                                                  lora_dropout=0.0,
                                                  target_modules=["query", "value"]))
     return model.to(DEVICE)
@@ -152,36 +154,127 @@ def _banking77(train_file: str, validation_fraction: float = 0.1, seed: int = 0)
     return list(texts), labels, train_idx, valid_idx, len(names)
 
 
-def end_to_end(suite: Suite, model_dir: str, train_file: str, epochs: float = 0) -> dict:
-    """LoRA on BANKING77: tokenizer per batch (as users do), AdamW, linear schedule."""
-    texts, labels, train_idx, valid_idx, num_labels = _banking77(train_file)
-    batch_size = suite.e2e_batch_size
+def _epoch_batches(sampler: str, train_idx: np.ndarray, lengths, batch_size: int, epoch: int):
+    """One epoch's batches of row indices, full batches only (N // B of them).
+
+    "plain": a random permutation (a user's DataLoader(shuffle=True)); "grouped":
+    transformers' own `LengthGroupedSampler` (what `TrainingArguments(group_by_length=True)`
+    uses: megabatches of 50 batches sorted by length), seeded per epoch."""
+    if sampler == "plain":
+        order = np.random.default_rng([0, epoch]).permutation(train_idx)
+    elif sampler == "grouped":
+        from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: PLC0415
+        grouped = LengthGroupedSampler(batch_size, lengths=[lengths[i] for i in train_idx],
+                                       generator=torch.Generator().manual_seed(epoch))
+        order = train_idx[np.fromiter(iter(grouped), np.int64)]
+    else:
+        raise ValueError(f"sampler={sampler!r}: expected 'plain' or 'grouped'")
     per_epoch = len(train_idx) // batch_size
-    total = int(math.ceil(epochs * per_epoch)) if epochs else suite.e2e_steps
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(per_epoch)]
+
+
+def _conll(train_file: str):
+    """CoNLL-2003 sentences (IOB1 -> BIO, as lmx reads them) and lmx's label names."""
+    sentences = readers.read_conll(train_file)
+    names = ["O"] + sorted({t for s in sentences for t in s["tags"]} - {"O"})
+    return sentences, names
+
+
+def _encode_conll(tokenizer, sentences, names, max_length: int) -> list[dict]:
+    """`is_split_into_words` encodings; the first sub-token of each word carries its tag
+    (-100 elsewhere), as transformers' token-classification example does."""
+    index = {n: i for i, n in enumerate(names)}
+    enc = tokenizer([s["words"] for s in sentences], is_split_into_words=True, truncation=True,
+                    max_length=max_length)
+    out = []
+    for n, s in enumerate(sentences):
+        previous, labels = None, []
+        for word in enc.word_ids(n):
+            labels.append(-100 if word is None or word == previous else index[s["tags"][word]])
+            previous = word
+        out.append({"input_ids": enc["input_ids"][n], "attention_mask": enc["attention_mask"][n],
+                    "token_type_ids": enc["token_type_ids"][n], "labels": labels})
+    return out
+
+
+def _collate(tokenizer, rows: list[dict]) -> dict:
+    """Padding to the longest row of the batch (`DataCollatorWithPadding` /
+    `DataCollatorForTokenClassification`, labels padded with -100)."""
+    longest = max(len(r["input_ids"]) for r in rows)
+    out = {k: torch.tensor([r[k] + [fill] * (longest - len(r[k])) for r in rows])
+           for k, fill in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0),
+                           ("token_type_ids", 0))}
+    labels = [r["labels"] for r in rows]
+    out["labels"] = torch.tensor(labels if not isinstance(labels[0], list) else
+                                 [x + [-100] * (longest - len(x)) for x in labels])
+    return {k: v.to(DEVICE) for k, v in out.items()}
+
+
+def end_to_end(suite: Suite, model_dir: str, train_file: str, epochs: float = 0,
+               sampler: str = "plain", task: str = "banking77", accuracy: bool = False
+               ) -> dict:
+    """LoRA (r=8, query/value) through a user's torch loop, wall time from nothing.
+
+    BANKING77 with sampler "plain": random batches tokenized per batch (`padding=True`);
+    sampler "grouped": the careful user's loop, the split tokenized once (as
+    `datasets.map` would), `LengthGroupedSampler`, each batch padded to its longest row.
+    CoNLL-2003 (`task="conll"`, token classification, `suite.conll_steps` steps) is always
+    tokenized once (word alignment needs it), then sampled plain or grouped."""
+    start = time.perf_counter()
     with measure.PeakRss() as rss:
-        start = time.perf_counter()
+        if task == "conll":
+            sentences, names = _conll(train_file)
+            train_idx, valid_idx = np.arange(len(sentences)), None
+            max_length, num_labels = suite.conll_max_length, len(names)
+        else:
+            texts, labels, train_idx, valid_idx, num_labels = _banking77(train_file)
+            max_length = suite.e2e_max_length
+        batch_size = suite.e2e_batch_size
+        per_epoch = len(train_idx) // batch_size
+        total = (suite.conll_steps if task == "conll" else
+                 int(math.ceil(epochs * per_epoch)) if epochs else suite.e2e_steps)
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-        model = build(None, "lora", model_dir, num_labels)
+        model = build(None, "lora", model_dir, num_labels,
+                      task="TOKEN_CLS" if task == "conll" else "SEQ_CLS")
         model.train()
         opt, sched = optimizer(model, suite.learning_rate_lora, suite.warmup_fraction, total)
+        if task == "conll":
+            encoded = _encode_conll(tokenizer, sentences, names, max_length)
+        elif sampler == "grouped":
+            enc = tokenizer(texts, truncation=True, max_length=max_length)
+            encoded = [{"input_ids": enc["input_ids"][i],
+                        "attention_mask": enc["attention_mask"][i],
+                        "token_type_ids": enc["token_type_ids"][i], "labels": int(labels[i])}
+                       for i in range(len(texts))]
+        else:
+            encoded = None
+        lengths = None if encoded is None else [len(r["input_ids"]) for r in encoded]
         setup_s = time.perf_counter() - start
-        rng, order, loss = np.random.default_rng(0), np.array([], np.int64), None
+        batches, loss, padded, real = [], None, 0, 0
         for step in range(total):
             if step % per_epoch == 0:
-                order = rng.permutation(train_idx)
-            rows = order[(step % per_epoch) * batch_size:][:batch_size]
-            enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                            max_length=suite.e2e_max_length, return_tensors="pt").to(DEVICE)
-            loss = train_step(model, opt, sched, {**enc, "labels": torch.from_numpy(
-                labels[rows]).to(DEVICE)})
+                batches = _epoch_batches(sampler, train_idx, lengths, batch_size,
+                                         step // per_epoch)
+            rows = batches[step % per_epoch]
+            if encoded is None:
+                inputs = {**tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                      max_length=max_length, return_tensors="pt").to(DEVICE),
+                          "labels": torch.from_numpy(labels[rows]).to(DEVICE)}
+            else:
+                inputs = _collate(tokenizer, [encoded[i] for i in rows])
+            padded += inputs["input_ids"].numel()
+            real += int(inputs["attention_mask"].sum())
+            loss = train_step(model, opt, sched, inputs)
         final_loss = float(loss)
         wall_s = time.perf_counter() - start
-    out = {"side": "torch", "dtype": "float32", "steps": total, "batch_size": batch_size,
-           "wall_s": wall_s, "setup_s": setup_s, "examples_per_s": total * batch_size / wall_s,
-           "final_loss": final_loss, **rss.result()}
-    if epochs:
+    out = {"side": f"torch-{sampler}", "task": task, "dtype": "float32", "steps": total,
+           "batch_size": batch_size, "wall_s": wall_s, "setup_s": setup_s,
+           "examples": total * batch_size, "examples_per_s": total * batch_size / wall_s,
+           "final_loss": final_loss,
+           "tokens_padded": padded, "tokens_real": real, **rss.result()}
+    if accuracy and task == "banking77":
         out["validation_accuracy"] = _accuracy(model, tokenizer, texts, labels, valid_idx,
-                                               suite.e2e_max_length)
+                                               max_length)
     return out
 
 

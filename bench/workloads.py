@@ -32,7 +32,7 @@ class Workload:
 @dataclasses.dataclass(frozen=True)
 class Suite:
     workloads: tuple[Workload, ...]
-    e2e_steps: int  # end-to-end LoRA run on BANKING77: this many steps on both sides
+    e2e_steps: int  # end-to-end LoRA run on BANKING77: this many steps (e2e_epochs = 0)
     e2e_max_length: int
     e2e_batch_size: int
     compile_size: str  # a 12-layer transformer compiled with and without scan over layers
@@ -44,6 +44,10 @@ class Suite:
     learning_rate_lora: float = 2e-3
     learning_rate_full: float = 1e-4
     warmup_fraction: float = 0.06
+    e2e_epochs: float = 0  # > 0: the BANKING77 throughput runs train this many epochs
+    conll_steps: int = 150  # end-to-end LoRA on CoNLL-2003 NER: a fixed step budget
+    conll_max_length: int = 128
+    conll_sentences: int = 0  # > 0: the first sentences of eng.train only
 
 
 _MINILM = Workload("minilm-banking77", "transformer", "minilm-l6", batch_size=32, seq_len=64,
@@ -59,14 +63,15 @@ SUITES = {
                      num_labels=1000),
         ),
         e2e_steps=200, e2e_max_length=64, e2e_batch_size=32, compile_size="bert-base",
-        warmup=3, repeats=10, ceiling_size=2048),
+        warmup=3, repeats=10, ceiling_size=2048, e2e_epochs=1.0),
     "tiny": Suite(  # CI smoke run: the bert-tiny-like encoder only, a few steps
         workloads=(
             dataclasses.replace(_MINILM, name="tiny-bert-banking77", size="bert-tiny",
                                 batch_size=8, seq_len=32, pretrained=TINY_FOLDER),
         ),
         e2e_steps=4, e2e_max_length=16, e2e_batch_size=8, compile_size="bert-tiny",
-        compile_layers=2, e2e_rows=400, warmup=1, repeats=3, ceiling_size=256),
+        compile_layers=2, e2e_rows=400, warmup=1, repeats=3, ceiling_size=256,
+        conll_steps=3, conll_max_length=32, conll_sentences=200),
 }
 
 
@@ -107,6 +112,47 @@ def banking77_train_file(suite: Suite, workdir: str) -> str:
     with open(subset, "w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows(rows)
     return subset
+
+
+def conll_train_file(suite: Suite, workdir: str) -> str:
+    """CoNLL-2003's eng.train (lmx.data.catalog's local copy), or its first
+    `suite.conll_sentences` sentences written under `workdir`."""
+    from lmx.data import catalog  # noqa: PLC0415
+    path = catalog.data("conll2003")["train_file"]
+    if path.startswith("tfds:"):
+        raise FileNotFoundError("the CoNLL end-to-end row reads ../shared/data/conll2003/eng.train")
+    if not suite.conll_sentences:
+        return path
+    out, sentences = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            out.append(line)
+            if not line.strip() and out[-2:-1] and not out[-2].startswith("-DOCSTART-"):
+                sentences += 1
+                if sentences == suite.conll_sentences:
+                    break
+    subset = os.path.join(workdir, "eng.train.subset")
+    with open(subset, "w", encoding="utf-8") as f:
+        f.writelines(out)
+    return subset
+
+
+# Levers of lmx's end-to-end run, one at a time (`python -m bench.run --parts e2e
+# --sides lmx:NAME`): config overrides ("section.key": value) over the bench's settings.
+LEVERS: dict[str, dict] = {
+    "default": {},
+    "scan": {"model.scan_layers": True},  # one scanned block: a faster compile per shape
+    "pad8": {"data.pad_multiple": 8},  # less padding, twice the shapes to compile
+    "pad32": {"data.pad_multiple": 32},  # fewer shapes, more padding
+    "scan-pad8": {"model.scan_layers": True, "data.pad_multiple": 8},
+    "pack64": {"data.pack_length": 64},  # whole examples packed: one shape, ~no padding
+    "pack128": {"data.pack_length": 128},
+    "scan-pack64": {"model.scan_layers": True, "data.pack_length": 64},
+    # A persistent compilation cache under the bench's workdir: the first run of an
+    # invocation fills it (cold), later rounds of the same invocation read it (warm).
+    "cache": {"jax.compilation_cache": True},
+    "cache-pack64": {"jax.compilation_cache": True, "data.pack_length": 64},
+}
 
 
 def get_workload(suite: Suite, name: str) -> Workload:

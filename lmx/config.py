@@ -97,6 +97,11 @@ def base_config() -> ml_collections.ConfigDict:
         max_length=64,
         pad_multiple=16,  # pad batches to a multiple of this (fewer shapes to compile)
         bucket_batches=50,  # sort by length within windows of this many batches
+        # > 0 (sequence / token classification): training rows of this many tokens, whole
+        # examples packed first-fit (segment-masked attention, per-segment pooling; one
+        # compiled shape, almost no padding); a step holds about train.batch_size examples
+        # (lmx.data.batching.packed_rows_per_step). Must be >= max_length. Eval is unpacked.
+        pack_length=0,
         split_seed=0,
         max_eval_examples=0,  # > 0: score only the first N validation / test examples (tokens
         # for a causal LM): smoke runs; results.json records the sizes actually scored
@@ -134,6 +139,14 @@ def base_config() -> ml_collections.ConfigDict:
         # Committed checkpoints exist but none can be read: False stops the run with an
         # error naming each; True starts again from step 0 (the old checkpoints are kept).
         allow_fresh_start=False,
+        # MFU in metrics.jsonl = XLA FLOPs of the compiled step (per padded shape) / step
+        # time / this peak. 0 = lmx.train.mfu.PEAKS for the device kind (bf16 dense,
+        # vendor figures); a CPU has no stated peak: a jitted 1024^3 float32 matmul is
+        # measured at the start instead. results.json records the peak and its source.
+        peak_flops_per_second=0.0,
+        # > 0: a jax.profiler trace of this many steps (from step 2: after the first
+        # compile) in WORKDIR/profile (TensorBoard's profile plugin / Perfetto read it).
+        profile_steps=0,
     ))
 
     c.explain = ml_collections.ConfigDict(dict(
@@ -183,6 +196,7 @@ POSITIVE = ("train.batch_size", "train.grad_accum_steps", "train.eval_batch_size
             "data.pad_multiple", "data.bucket_batches", "train.max_checkpoints", "model.image_size")
 NON_NEGATIVE = ("train.num_steps", "train.eval_every", "train.checkpoint_every", "train.num_epochs",
                 "train.learning_rate", "train.weight_decay", "train.grad_clip_norm",
+                "train.peak_flops_per_second", "train.profile_steps", "data.pack_length",
                 "explain.num_examples", "peft.num_prompt_tokens", "peft.adapter_size",
                 "data.sample_tokens", "data.tokenizer_vocab_size", "data.max_eval_examples",
                 "data.max_train_examples")
@@ -241,6 +255,20 @@ def _schema_errors(flat: dict) -> list[str]:
     return errors
 
 
+def _pack_errors(flat: dict) -> list[str]:
+    if not flat["data.pack_length"]:
+        return []
+    if flat["model.task"] not in ("sequence_classification", "token_classification") or \
+            flat["data.kind"] in ("images", "digits"):
+        return [(f"config.data.pack_length={flat['data.pack_length']}: packing is for text "
+                 f"sequence / token classification, not model.task={flat['model.task']!r} "
+                 f"with data.kind={flat['data.kind']!r}")]
+    if flat["data.pack_length"] < flat["data.max_length"]:
+        return [(f"config.data.pack_length={flat['data.pack_length']} is shorter than "
+                 f"data.max_length={flat['data.max_length']}: an example would not fit a row")]
+    return []
+
+
 def _value_errors(flat: dict) -> list[str]:
     from lmx.scale import sharding  # noqa: PLC0415
     choices = dict(CHOICES, **{"peft.method": peft.METHODS,
@@ -252,7 +280,7 @@ def _value_errors(flat: dict) -> list[str]:
               if flat[k] not in v]
     if family is None:
         return errors
-    errors += _unread_errors(flat, family) + _peft_errors(flat)
+    errors += _unread_errors(flat, family) + _peft_errors(flat) + _pack_errors(flat)
     errors += [f"config.{k}={flat[k]!r} must be > 0" for k in POSITIVE if not flat[k] > 0]
     errors += [f"config.{k}={flat[k]!r} must be >= 0" for k in NON_NEGATIVE if not flat[k] >= 0]
     if not flat["train.num_steps"] and not flat["train.num_epochs"]:

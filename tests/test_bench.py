@@ -6,6 +6,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import pytest
+
+from bench import report
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAW_FIELDS = ("median_s", "examples_per_s", "mfu", "rss_peak_bytes", "rss_peak_increase_bytes",
               "optimizer_state_bytes", "saved_trainable_bytes", "trainable_params",
@@ -36,7 +41,8 @@ def _numbers(tree, path=""):
 def test_tiny_suite_writes_every_field_and_lora_needs_fewer_flops(tmp_path):
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--suite", "tiny", "--dtypes",
-                           "float32", "--out", str(tmp_path)], cwd=REPO, env=_env(),
+                           "float32", "--repeats", "1", "--sides", "lmx,torch-grouped",
+                           "--out", str(tmp_path)], cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=400)
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -46,9 +52,16 @@ def test_tiny_suite_writes_every_field_and_lora_needs_fewer_flops(tmp_path):
     assert not bad, bad
     assert results["machine"]["cpu_model"] and results["machine"]["versions"]["peft"]
     assert results["ceiling"]["float32_flops_per_s"] > 0
-    assert [r["side"] for r in results["e2e"]] == ["lmx", "torch"]
+    assert [(r["task"], r["side"]) for r in results["e2e"]] == [
+        (task, side) for task in ("banking77", "conll")
+        for side in ("lmx", "torch-grouped")]
     for r in results["e2e"]:
         assert all(r[f] > 0 for f in E2E_FIELDS), r
+        assert r["tokens_padded"] >= r["tokens_real"] > 0, r
+    summary = {(r["task"], r["side"]): r for r in report.e2e_summary(results["e2e"])}
+    lmx, grouped = summary["conll", "lmx"], summary["conll", "torch-grouped"]
+    assert grouped["vs_torch-grouped"] == 1.0
+    assert lmx["vs_torch-grouped"] == pytest.approx(lmx["median"] / grouped["median"])
     rows = {r["method"]: r for r in results["raw"]}
     assert set(rows) == {"lora", "full"}
     for r in rows.values():
@@ -64,7 +77,7 @@ def test_tiny_suite_writes_every_field_and_lora_needs_fewer_flops(tmp_path):
     assert [c["scan_layers"] for c in results["compile"]] == [False, True]
     assert results["lora_vs_full"][0]["flops_ratio"] < 1
     md = (tmp_path / "RESULTS.md").read_text()
-    for needle in ("Command: `python -m bench.run --suite tiny", "Machine:", "Versions:",
+    for needle in ("`python -m bench.run --suite tiny", "Machine:", "Versions:",
                    "GFLOP/s", "ex/s", "MiB", "## LoRA vs full fine-tuning inside lmx"):
         assert needle in md
 
@@ -77,3 +90,26 @@ def test_gpu_script_runs_tiny_on_cpu(tmp_path):
     result = json.loads((tmp_path / "pretrain.json").read_text())
     assert 0 < result["mfu"] < 1.5 and result["flops"] > 0
     assert proc.stdout.strip().splitlines()[-1].startswith("| gpt2-tiny")
+
+
+def test_grouped_reference_uses_transformers_sampler_and_pads_less():
+    """The careful reference's epoch: every training row once, in transformers'
+    LengthGroupedSampler order (planted lengths), padding far fewer tokens than random batches."""
+    from bench import torch_side
+    rng = np.random.default_rng(0)
+    train_idx = np.sort(rng.choice(3000, 2000, replace=False))
+    lengths = rng.integers(5, 64, 3000).tolist()
+    padded = {}
+    for sampler in ("plain", "grouped"):
+        batches = torch_side._epoch_batches(sampler, train_idx, lengths, 32, epoch=1)
+        assert len(batches) == 2000 // 32
+        rows = np.concatenate(batches)
+        assert len(set(rows.tolist())) == len(rows) and set(rows.tolist()) <= set(train_idx.tolist())
+        padded[sampler] = sum(32 * max(lengths[i] for i in b) for b in batches)
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+    expected = get_length_grouped_indices([lengths[i] for i in train_idx], 32,
+                                          generator=torch.Generator().manual_seed(1))
+    assert np.array_equal(np.concatenate(torch_side._epoch_batches(
+        "grouped", train_idx, lengths, 32, epoch=1)), train_idx[expected[:len(rows)]])
+    assert padded["grouped"] < 0.6 * padded["plain"]

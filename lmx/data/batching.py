@@ -158,6 +158,85 @@ def _packed_rows(rows: Sequence[dict], seq_len: int, pad_id: int, whole: bool = 
             "weights": np.ones((N,), np.float32)}
 
 
+def first_fit_rows(lengths_N: np.ndarray, seq_len: int) -> list[np.ndarray]:
+    """Whole examples into rows of `seq_len` tokens, first fit decreasing (none is cut):
+    each row's example indices. A pure function of the lengths."""
+    if len(lengths_N) and int(lengths_N.max()) > seq_len:
+        raise ValueError(f"an example of {int(lengths_N.max())} tokens does not fit "
+                         f"data.pack_length={seq_len}")
+    free_R = np.empty(len(lengths_N), np.int64)
+    rows: list[list[int]] = []
+    for i in np.argsort(-lengths_N, kind="stable"):
+        fits = np.flatnonzero(free_R[:len(rows)] >= lengths_N[i])
+        if fits.size:
+            rows[fits[0]].append(int(i))
+            free_R[fits[0]] -= lengths_N[i]
+        else:
+            free_R[len(rows)] = seq_len - lengths_N[i]
+            rows.append([int(i)])
+    return [np.asarray(r, np.int64) for r in rows]
+
+
+def pack_rows(rows: Sequence[dict], row_of: Sequence[np.ndarray], seq_len: int, pad_id: int
+              ) -> dict[str, np.ndarray]:
+    """Examples (`rows`) laid into packed rows (`row_of`: each row's indices into `rows`):
+    `ids_NT`, `mask_NT`, `token_types_NT`, `segment_ids_NT` (1, 2, ... per row, 0 padding),
+    `positions_NT` (restarting per segment), `labels_NT` (per-token labels kept; an example's
+    one label at its segment's first token; IGNORE elsewhere), `weights_N` (1)."""
+    N = len(row_of)
+    out = {"ids": np.full((N, seq_len), pad_id, np.int32), "mask": np.zeros((N, seq_len), bool),
+           "token_types": np.zeros((N, seq_len), np.int32),
+           "segment_ids": np.zeros((N, seq_len), np.int32),
+           "positions": np.zeros((N, seq_len), np.int32),
+           "labels": np.full((N, seq_len), IGNORE, np.int32), "weights": np.ones((N,), np.float32)}
+    for n, members in enumerate(row_of):
+        t = 0
+        for segment, i in enumerate(members, start=1):
+            row = rows[i]
+            L = len(row["ids"])
+            out["ids"][n, t:t + L], out["segment_ids"][n, t:t + L] = row["ids"], segment
+            out["positions"][n, t:t + L] = np.arange(L)
+            if "token_types" in row:
+                out["token_types"][n, t:t + L] = row["token_types"]
+            if "labels" in row:
+                if np.ndim(row["labels"]) == 1:
+                    out["labels"][n, t:t + L] = row["labels"]
+                else:
+                    out["labels"][n, t] = row["labels"]
+            t += L
+    out["mask"] = out["segment_ids"] > 0
+    return out
+
+
+_FIT_CACHE: dict[tuple, list[np.ndarray]] = {}
+
+
+def _epoch_rows(lengths_N: np.ndarray, seq_len: int, *, seed: int, epoch: int
+                ) -> list[np.ndarray]:
+    """One epoch's packed rows of example indices: the first-fit-decreasing layout of the
+    lengths (the same every epoch, so every epoch has the same number of rows), its slots
+    filled by a shuffle of the examples of each length (rng [seed, epoch]), rows shuffled
+    (rng [seed, epoch, 1])."""
+    key = (hash(lengths_N.tobytes()), len(lengths_N), seq_len)
+    if key not in _FIT_CACHE:
+        _FIT_CACHE.clear()
+        _FIT_CACHE[key] = first_fit_rows(lengths_N, seq_len)
+    layout = _FIT_CACHE[key]
+    rng = np.random.default_rng([seed, epoch])
+    swap = np.arange(len(lengths_N))
+    by_length = np.argsort(lengths_N, kind="stable")
+    bounds = np.flatnonzero(np.diff(lengths_N[by_length])) + 1
+    for group in np.split(by_length, bounds):
+        swap[group] = rng.permutation(group)
+    rows = [swap[r] for r in layout]
+    return [rows[i] for i in np.random.default_rng([seed, epoch, 1]).permutation(len(rows))]
+
+
+def packed_rows_per_step(lengths_N: np.ndarray, batch_size: int, pack_length: int) -> int:
+    """Rows a packed step holds so that it sees about `batch_size` examples on average."""
+    return max(1, round(batch_size * float(np.mean(lengths_N)) / pack_length))
+
+
 # --- epoch order -------------------------------------------------------------------------
 
 def lengths_of(examples) -> np.ndarray:
@@ -183,11 +262,17 @@ def epoch_order(lengths_N: np.ndarray, batch_size: int, *, seed: int, epoch: int
     return [batches[i] for i in np.random.default_rng([seed, epoch, 1]).permutation(len(batches))]
 
 
-def steps_per_epoch(examples, batch_size: int, *, pack_length: int = 0) -> int:
-    """Full batches an epoch: N // B, or (packed rows) // B with `pack_length`."""
+def steps_per_epoch(examples, batch_size: int, *, pack_length: int = 0,
+                    whole_examples: bool = False) -> int:
+    """Full batches an epoch: N // B, or (packed rows) // B with `pack_length` (cut
+    documents), or with `whole_examples` the first-fit rows // the rows of a step."""
     if not pack_length:
         return len(examples) // batch_size
-    total = int(lengths_of(examples).sum())
+    lengths_N = lengths_of(examples)
+    if whole_examples:
+        rows = len(_epoch_rows(lengths_N, pack_length, seed=0, epoch=0))
+        return rows // packed_rows_per_step(lengths_N, batch_size, pack_length)
+    total = int(lengths_N.sum())
     return math.ceil(total / pack_length) // batch_size
 
 
@@ -203,8 +288,8 @@ def _row(examples, index: int, epoch: int, transform: Transform | None) -> dict:
 def train_batches(examples, batch_size: int, *, seed: int, start_step: int, pad_id: int,
                   pad_multiple: int = 8, bucket_batches: int = 8,
                   transform: Transform | None = None, pack_length: int = 0,
-                  pack_whole: bool = False, rows: slice | None = None
-                  ) -> Iterator[dict[str, np.ndarray]]:
+                  pack_whole: bool = False, whole_examples: bool = False,
+                  rows: slice | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Endless training batches from `start_step` (exact resume).
 
     `rows`: only these rows of every global batch (one host's share, `lmx.scale.distributed.
@@ -220,8 +305,12 @@ def train_batches(examples, batch_size: int, *, seed: int, start_step: int, pad_
     ceil(tokens / T) // B steps (a lower bound on its rows), so the rows a wasteful packing
     adds at the end of the shuffled order are dropped that epoch (a different tail each
     epoch; few with `pack_whole`'s first fit).
+    With `whole_examples` (classification), no example is cut: `_epoch_rows`' first-fit
+    rows, `packed_rows_per_step` of them a step (about `batch_size` examples), `pack_rows`
+    (a sequence label sits on its segment's first token).
     """
-    per_epoch = steps_per_epoch(examples, batch_size, pack_length=pack_length)
+    per_epoch = steps_per_epoch(examples, batch_size, pack_length=pack_length,
+                                whole_examples=whole_examples)
     if per_epoch == 0:
         what = f"{len(examples)} examples" if not pack_length else (
             f"{int(lengths_of(examples).sum())} tokens in rows of {pack_length}")
@@ -232,7 +321,17 @@ def train_batches(examples, batch_size: int, *, seed: int, start_step: int, pad_
         raise ValueError("per-host rows of packed batches are not supported (packing reads "
                          "every example of the epoch)")
     while True:
-        if pack_length:
+        if pack_length and whole_examples:
+            R = packed_rows_per_step(lengths_N, batch_size, pack_length)
+            epoch_rows = _epoch_rows(lengths_N, pack_length, seed=seed, epoch=epoch)
+            for step in range(offset, per_epoch):
+                members = epoch_rows[step * R:(step + 1) * R]
+                flat = np.concatenate(members)
+                local = {int(i): j for j, i in enumerate(flat)}
+                batch_rows = [_row(examples, i, epoch, transform) for i in flat]
+                yield pack_rows(batch_rows, [[local[int(i)] for i in m] for m in members],
+                                pack_length, pad_id)
+        elif pack_length:
             yield from _packed_epoch(examples, batch_size, seed=seed, epoch=epoch,
                                      offset=offset, per_epoch=per_epoch,
                                      pack_length=pack_length, pad_id=pad_id,

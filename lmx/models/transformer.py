@@ -30,8 +30,7 @@ from lmx.scale import sharding as ax
 
 TASKS = ("hidden", "mlm", "causal_lm", "sequence_classification", "token_classification")
 POOLINGS = ("cls", "mean", "last")
-from lmx.models.attention import (  # noqa: E402,F401  (re-exported)
-    CACHE, DECODE_MODES, Attention, rope_frequencies, rotary)
+from lmx.models.attention import CACHE, DECODE_MODES, Attention, rope_frequencies, rotary  # noqa: E402,F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +350,9 @@ class Transformer(nn.Module):
         if cfg.pre_norm:
             x_BTD = _norm(cfg, "final_norm")(x_BTD)
         if self.task == "sequence_classification":
+            if segment_ids_BT is not None:  # packed: every token carries its segment's class
+                pooled_BTD = self._pooler(_pool_segments(self.pooling, x_BTD, segment_ids_BT))
+                return self._classify(pooled_BTD, embeddings, deterministic)
             if self.peft.prompt_in_pooling:
                 return self._classify(self._pool(x_BTD, full_mask_BS), embeddings, deterministic)
             x_BTD = self._pool(x_BTD[:, num_prompt:], mask_BT)
@@ -406,7 +408,6 @@ class Transformer(nn.Module):
 
     def _pool(self, h_BTD, mask_BT):
         """Sequence pooling (and BERT's pretrained tanh pooler): returns a length-1 sequence."""
-        cfg = self.cfg
         if self.pooling == "mean":
             weights_BT = mask_BT.astype(h_BTD.dtype)
             pooled_BD = (jnp.einsum("btd,bt->bd", h_BTD, weights_BT)
@@ -418,12 +419,35 @@ class Transformer(nn.Module):
             pooled_BD = jnp.take_along_axis(h_BTD, last_B[:, None, None], axis=1)[:, 0]
         else:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}")
-        if cfg.use_pooler:
-            activation = {"tanh": jnp.tanh, "relu": nn.relu}[cfg.pooler_activation]
-            pooled_BD = activation(Dense(cfg.embed_dim, (ax.EMBED, None),
-                                         dtype=cfg.compute_dtype, peft=self.peft,
-                                         name="pooler")(pooled_BD))
-        return pooled_BD
+        return self._pooler(pooled_BD)
+
+    def _pooler(self, pooled_BxD):
+        """BERT's pretrained tanh pooler (when the architecture has one)."""
+        cfg = self.cfg
+        if not cfg.use_pooler:
+            return pooled_BxD
+        activation = {"tanh": jnp.tanh, "relu": nn.relu}[cfg.pooler_activation]
+        return activation(Dense(cfg.embed_dim, (ax.EMBED, None), dtype=cfg.compute_dtype,
+                                peft=self.peft, name="pooler")(pooled_BxD))
+
+
+def _pool_segments(pooling: str, h_BTD, segment_ids_BT):
+    """Per-segment pooling of packed rows: each token gets its segment's pooled vector ("cls":
+    the segment's first token, "mean": its masked mean, "last": its last token); padding
+    (segment 0) gets zeros. Train on it with the label at each segment's first token."""
+    real_BT = segment_ids_BT > 0
+    same_BTU = (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]) & real_BT[:, None, :]
+    if pooling == "mean":
+        pick_BTU = same_BTU.astype(h_BTD.dtype)
+        pick_BTU = pick_BTU / jnp.maximum(pick_BTU.sum(-1, keepdims=True), 1.0)
+    elif pooling in ("cls", "last"):
+        previous_BT = jnp.pad(segment_ids_BT[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+        following_BT = jnp.pad(segment_ids_BT[:, 1:], ((0, 0), (0, 1)), constant_values=-1)
+        edge_BT = segment_ids_BT != (previous_BT if pooling == "cls" else following_BT)
+        pick_BTU = (same_BTU & edge_BT[:, None, :]).astype(h_BTD.dtype)
+    else:
+        raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}")
+    return jnp.einsum("btu,bud->btd", pick_BTU, h_BTD)
 
 
 class Head(nn.Module):

@@ -52,12 +52,17 @@ class Task:
         self.pad_id, self.label_names = 0, []
 
     plot_metrics: tuple[str, ...] = ()  # validation scores in [0, 1] worth a curve
+    packable = False  # data.pack_length packs its training examples (config refuses others)
 
     def bind(self, datasets: Datasets) -> None:
         self.pad_id, self.label_names = datasets.pad_id, datasets.label_names
 
+    def _pack_length(self) -> int:
+        return self.config.data.pack_length if self.packable else 0
+
     def steps_per_epoch(self, split, batch_size: int) -> int:
-        return batching.steps_per_epoch(split, batch_size)
+        return batching.steps_per_epoch(split, batch_size, pack_length=self._pack_length(),
+                                        whole_examples=True)
 
     def train_batches(self, split, start_step: int) -> Iterator[dict]:
         return self.bucketed_batches(split, start_step)
@@ -68,7 +73,8 @@ class Task:
         return batching.train_batches(split, c.train.batch_size, seed=c.seed,
                                       start_step=start_step, pad_id=self.pad_id,
                                       pad_multiple=c.data.pad_multiple,
-                                      bucket_batches=c.data.bucket_batches, transform=transform)
+                                      bucket_batches=c.data.bucket_batches, transform=transform,
+                                      pack_length=self._pack_length(), whole_examples=True)
 
     def eval_batches(self, split) -> Iterator[tuple[dict, dict]]:
         return eval_token_batches(self, split)

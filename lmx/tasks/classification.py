@@ -15,6 +15,7 @@ from lmx.tasks.base import Datasets, Task, export_hf
 class SequenceClassification(Task):
     """One label per text (or image): CSV / TSV / JSONL, PhraseBank, CLINC150, tfds, images,
     digits, synthetic."""
+    packable = True
     plot_metrics = ("accuracy", "macro_f1", "in_scope_accuracy", "oos_recall")
 
     def _rows(self, path: str, split: str) -> tuple[list[str], list[str], list[int] | None]:

@@ -12,6 +12,7 @@ from lmx.tasks.classification import SequenceClassification
 class TokenClassification(Task):
     """Tags per word (CoNLL column files, BIO): the first sub-token carries the word's tag;
     scored with entity-level precision / recall / F1 (seqeval's default mode)."""
+    packable = True
     plot_metrics = ("f1", "precision", "recall")
 
     def load(self, config, workdir: str) -> Datasets:

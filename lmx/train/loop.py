@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from lmx import config as config_lib, provenance, report, tasks
 from lmx.scale import distributed, sharding
-from lmx.train import build, checkpoint
+from lmx.train import build, checkpoint, mfu
 from lmx.train.step import eval_step, merge
 
 
@@ -67,11 +67,12 @@ class Trainer:
         self.state, self.state_shardings = self.built.state, self.built.state_shardings
         self.frozen = self.built.frozen
         self.train_step = self.built.jit_train_step()
+        self.step_flops = mfu.StepFlops(self.train_step)
         # Replicated outputs: every process can read the whole batch's predictions.
         self.eval_step = jax.jit(functools.partial(eval_step, model=self.model.module,
                                                    outputs=self.task.outputs),
                                  out_shardings=sharding.replicated(self.mesh))
-        self._base = None
+        self._base = self._peak = None
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """A global batch (the same on every host) -> global arrays fed by each host's rows."""
@@ -116,6 +117,13 @@ class Trainer:
                 self._base = checkpoint.base_identity("", f"{arch}@seed{seed}", self.frozen)
         return {**self._base, "peft": self.config.peft.method}
 
+    def peak_flops(self) -> tuple[float, str]:
+        """The FLOP/s MFU is divided by, and where it comes from (lmx.train.mfu.peak_flops)."""
+        if self._peak is None:
+            self._peak = mfu.peak_flops(self.config.train.peak_flops_per_second,
+                                        self.mesh.devices.flat[0])
+        return self._peak
+
     def checkpoint_bytes(self) -> int:
         s = self.state
         return build.nbytes(s.trainable) + build.nbytes(s.opt_state) + build.nbytes(
@@ -125,14 +133,17 @@ class Trainer:
 class _TrainLog:
     """Fetches each step's metrics one step late (the device never waits) and averages them."""
 
-    def __init__(self, writer: report.MetricWriter, batch_size: int, start: int):
+    def __init__(self, writer: report.MetricWriter, batch_size: int, start: int,
+                 peak_flops: float):
         self.writer, self.batch_size, self.start = writer, batch_size, start
-        self.window, self.pending = [], None
+        self.window, self.pending, self.peak_flops = [], None, peak_flops
+        self.window_flops, self.window_steps, self.window_start_seconds = 0.0, 0, 0.0
 
-    def push(self, metrics_device: dict, step: int) -> None:
+    def push(self, metrics_device: dict, step: int, flops: float = 0.0) -> None:
         if self.pending is not None:
             self.window.append(self._fetch(*self.pending))
         self.pending = (metrics_device, step)
+        self.window_flops, self.window_steps = self.window_flops + flops, self.window_steps + 1
 
     @staticmethod
     def _fetch(metrics_device: dict, step: int) -> dict[str, float]:
@@ -147,9 +158,17 @@ class _TrainLog:
             self.pending = None
         loss = float(np.mean([m["loss"] for m in self.window]))
         speed = (step - self.start) * self.batch_size / max(train_seconds, 1e-9)
-        self.writer.write(step, "train", {"loss": loss, "examples_per_second": speed,
-                                          "grad_norm": self.window[-1]["grad_norm"]})
-        self.window = []
+        # The window's steps: FLOPs of each one's compiled shape over the window's wall time
+        # (compiles and input work inside the window count as time).
+        seconds = max(train_seconds - self.window_start_seconds, 1e-9)
+        self.writer.write(step, "train", {
+            "loss": loss, "examples_per_second": speed,
+            "grad_norm": self.window[-1]["grad_norm"],
+            "step_seconds": seconds / self.window_steps,
+            "flops_per_step": self.window_flops / self.window_steps,
+            "mfu": self.window_flops / seconds / self.peak_flops})
+        self.window, self.window_flops, self.window_steps = [], 0.0, 0
+        self.window_start_seconds = train_seconds
         return {"loss": f"{loss:.4f}", "ex_per_s": f"{speed:.1f}"}
 
 
@@ -248,16 +267,22 @@ def _train(trainer: Trainer, mgr: checkpoint.Manager, writer, start: int
     cfg, total = trainer.config.train, trainer.total_steps
     eval_every = cfg.eval_every or trainer.steps_per_epoch
     ckpt_every = cfg.checkpoint_every or trainer.steps_per_epoch
-    stream, log = trainer.train_stream(start), _TrainLog(writer, cfg.batch_size, start)
+    stream = trainer.train_stream(start)
+    log = _TrainLog(writer, cfg.batch_size, start, trainer.peak_flops()[0])
+    profile = mfu.Profile(os.path.join(trainer.workdir, "profile"), cfg.profile_steps,
+                          first=start + 2)
     train_seconds, tick = 0.0, time.perf_counter()
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not distributed.is_lead())
     with bar, _Preemption() as preemption, jax.set_mesh(trainer.mesh), \
             nn.logical_axis_rules(trainer.rules):
         for done in range(start + 1, total + 1):
-            trainer.state, step_metrics = trainer.train_step(
-                trainer.state, trainer.frozen, trainer.device_batch(next(stream)))
-            log.push(step_metrics, done)
+            profile.before(done)
+            batch = trainer.device_batch(next(stream))
+            flops = trainer.step_flops(trainer.state, trainer.frozen, batch)
+            trainer.state, step_metrics = trainer.train_step(trainer.state, trainer.frozen, batch)
+            log.push(step_metrics, done, flops)
+            profile.after(done, trainer.state)
             bar.update(1)
             _fault("step", done)
             if done % cfg.log_every == 0 or done == total:
@@ -278,7 +303,9 @@ def _train(trainer: Trainer, mgr: checkpoint.Manager, writer, start: int
                     _fault("save", done)
                 tick = time.perf_counter()
             if preempted:
+                profile.close()
                 return train_seconds, True
+    profile.close()
     return train_seconds, False
 
 
@@ -332,6 +359,8 @@ def _finish(trainer: Trainer, writer: report.MetricWriter, workdir: str, start: 
         adapter_bytes=adapter_bytes,
         trainable_bytes_in_memory=build.nbytes(trainer.state.trainable),
         train_seconds=train_seconds,
+        peak_flops_per_second=trainer.peak_flops()[0],
+        peak_flops_source=trainer.peak_flops()[1],
         examples_per_second=trained_examples / train_seconds if train_seconds else 0.0,
         label_names=trainer.datasets["label_names"],
         vocab_size=trainer.datasets["vocab_size"],  # a from-scratch vocabulary, to rebuild the run
