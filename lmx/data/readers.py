@@ -165,17 +165,22 @@ def read_label_names(path: str) -> list[str]:
     return names
 
 
-def read_jsonl(path: str, fields: Sequence[str]) -> list[dict[str, Any]]:
-    """One JSON object per line; each record keeps `fields` (all required). Blank lines skip."""
-    records = []
+def _json_lines(path: str):
+    """(line number, parsed JSON value) per non-blank line; bad JSON names path:line."""
     for number, line in _lines(path, "utf-8"):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as e:
             raise _fail(path, number, f"expected a JSON object ({e.msg}, column {e.colno})"
                         ) from None
+
+
+def read_jsonl(path: str, fields: Sequence[str]) -> list[dict[str, Any]]:
+    """One JSON object per line; each record keeps `fields` (all required). Blank lines skip."""
+    records = []
+    for number, obj in _json_lines(path):
         if not isinstance(obj, dict):
             raise _fail(path, number, f"expected a JSON object, got {type(obj).__name__}")
         missing = [name for name in fields if name not in obj]
@@ -195,14 +200,7 @@ def read_conversations(path: str) -> list[dict[str, Any]]:
     lines skip). Roles are CHAT_ROLES; contents strings; a conversation needs an assistant
     turn. Records: {"messages": [{"role", "content"}], "line": int}."""
     records = []
-    for number, line in _lines(path, "utf-8"):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise _fail(path, number, f"expected a JSON object ({e.msg}, column {e.colno})"
-                        ) from None
+    for number, obj in _json_lines(path):
         messages = obj.get("messages") if isinstance(obj, dict) else None
         if not isinstance(messages, list) or not messages:
             raise _fail(path, number, 'expected {"messages": [{"role": ..., "content": ...}, '
