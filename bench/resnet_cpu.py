@@ -28,17 +28,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-
-def _median(step, warmup: int, repeats: int) -> dict:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return {"median_s": times[len(times) // 2], "min_s": times[0], "max_s": times[-1]}
+from bench.measure import median_seconds  # noqa: E402
 
 
 def hlo_summary(text: str) -> dict:
@@ -91,8 +81,8 @@ def conv_parts(args) -> None:
                    x, dy, k, s)), (x, dy))}
         row = []
         for name, (fn, fn_args) in fns.items():
-            t = _median(lambda fn=fn, a=fn_args: jax.block_until_ready(fn(*a)), 2,
-                        args.repeats)["median_s"]
+            t = median_seconds(lambda fn=fn, a=fn_args: jax.block_until_ready(fn(*a)), warmup=2,
+                               repeats=args.repeats)["median_s"]
             row.append(f"{name} {t * 1e3:.1f} ms {flops / t / 1e9:.0f} GFLOP/s")
         print(f"| {H}x{H} {C}->{O} k{k} s{s} | " + " | ".join(row) + " |", flush=True)
 
@@ -145,7 +135,7 @@ def lmx_worker(args) -> dict:
                 holder[0] = (out[0], *holder[0][1:])
             jax.block_until_ready(out)
 
-        timing = _median(one, args.warmup, args.repeats)
+        timing = median_seconds(one, warmup=args.warmup, repeats=args.repeats)
     text = compiled.as_text()
     if args.hlo:
         with open(args.hlo, "w") as f:
@@ -180,7 +170,7 @@ def torch_worker(args) -> dict:
             model(**inputs).loss.backward()
             model.zero_grad(set_to_none=True)
 
-    return {**_median(one, args.warmup, args.repeats), "threads": torch.get_num_threads()}
+    return {**median_seconds(one, warmup=args.warmup, repeats=args.repeats), "threads": torch.get_num_threads()}
 
 
 def _spawn(side: str, args) -> dict:
