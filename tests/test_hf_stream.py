@@ -152,14 +152,18 @@ MARGIN = 16 << 20  # two 8 MiB chunk reads (mapped pages and their copy), alloca
 def test_peak_host_memory_is_one_tensor_not_the_model(model, tmp_path):
     """A 72 MB Llama-shaped model in two shards (largest tensor 10.5 MB, 7x smaller) and
     MiniLM (90 MB, largest 47 MB): the streamed load needs at most the largest tensor + MARGIN
-    beyond what the (CPU) device holds; the eager path, measured the same way in the same
-    run, needs about the whole model again (so the measure does see such a copy)."""
+    beyond what the (CPU) device holds. Calibration, measured the same way in the same run:
+    the eager path casting to bf16 holds the whole fp32 checkpoint next to what it places, so
+    its transient is at least twice the bf16 bytes placed (the measure does see such a copy).
+    (Not the eager fp32 path: on CPU, device_put may alias a suitably aligned numpy buffer,
+    so how much of that copy shows depends on the allocator: 0.95x of the model here, 0.71x
+    on the CI machine.)"""
     if model == "random-llama":
         from bench import load_memory  # noqa: PLC0415
         model = tmp_path / "llama"
         load_memory.write_random(model, layers=4, vocab=5120, width=512, mlp=1408)
-    streamed, eager = _measure(model), _measure(model, "--eager")
-    print("streamed", streamed, "\neager", eager)
-    assert streamed["placed"] == eager["placed"] == streamed["model_bytes"]
+    streamed, eager = _measure(model), _measure(model, "--eager", "--dtype", "bfloat16")
+    print("streamed", streamed, "\neager bf16", eager)
+    assert streamed["placed"] == streamed["model_bytes"] == 2 * eager["placed"]
     assert streamed["transient"] <= streamed["largest_tensor"] + MARGIN
-    assert eager["transient"] >= 0.75 * eager["model_bytes"]
+    assert eager["transient"] >= 0.9 * 2 * eager["model_bytes"]  # fp32 copy, less reclaim
