@@ -25,6 +25,27 @@ def matthews(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(skm.matthews_corrcoef(labels, predictions))
 
 
+def confusion(labels: np.ndarray, predictions: np.ndarray, names: Sequence[str],
+              top: int = 10) -> dict:
+    """What a person reads off a confusion matrix: the `top` most frequent (true -> predicted)
+    mistakes with their counts and share of the true class, and the `top` classes with the
+    lowest recall (classes with no example are left out)."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    matrix_CC = skm.confusion_matrix(labels, predictions, labels=np.arange(len(names)))
+    support_C = matrix_CC.sum(1)
+    off_CC = matrix_CC * (1 - np.eye(len(names), dtype=matrix_CC.dtype))
+    pairs = sorted(((int(off_CC[t, p]), t, p) for t, p in zip(*np.nonzero(off_CC))),
+                   key=lambda x: (-x[0], x[1], x[2]))[:top]
+    present = np.nonzero(support_C)[0]
+    recall_C = np.diag(matrix_CC)[present] / support_C[present]
+    lowest = present[np.argsort(recall_C, kind="stable")][:top]
+    return {"mistakes": [{"true": names[t], "predicted": names[p], "count": n,
+                          "share_of_true": n / int(support_C[t])} for n, t, p in pairs],
+            "lowest_recall": [{"label": names[c], "recall": float(matrix_CC[c, c] / support_C[c]),
+                               "support": int(support_C[c])} for c in lowest],
+            "examples": int(support_C.sum())}
+
+
 def _rank_of_target(scores_NC: np.ndarray, target_N: np.ndarray) -> np.ndarray:
     """0-based rank of each row's target column; ties count against it (no credit for ties)."""
     scores_NC = np.asarray(scores_NC, np.float64)

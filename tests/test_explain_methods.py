@@ -78,6 +78,29 @@ def test_ig_completeness_on_a_tiny_transformer(baseline):
     assert np.all(np.abs(extras["gap"]) < 0.01 * np.abs(extras["delta"])), extras
 
 
+def test_token_position_explains_that_tokens_tag_only():
+    """A NER tag at position 3 of a causal (decoder) tagger depends on tokens 0..3 only: IG
+    and occlusion give the later tokens exactly 0, IG is complete for that token's logit, and
+    the scores differ from the sequence-pooled explanation's."""
+    cfg = transformer.size("gpt2-tiny", dropout_rate=0.0, attention_dropout_rate=0.0)
+    module = transformer.Transformer(cfg, task="token_classification", num_labels=5)
+    variables = nn.unbox(module.init(jax.random.key(1), jnp.zeros((1, 8), jnp.int32)))
+    ids = jnp.asarray(RNG.integers(4, 128, (2, 8)), jnp.int32)
+    batch = {"ids": ids, "mask": jnp.ones_like(ids, bool), "token_types": jnp.zeros_like(ids),
+             "candidate": np.ones(ids.shape, bool)}
+    target = jnp.array([1, 4])
+    options = text.Options(ig_steps=32, baseline="zero")
+    ig, extras = text.scores("integrated_gradients", module, variables, batch, target, options,
+                             position=3)
+    assert np.abs(ig[:, 4:]).max() == 0.0 and np.abs(ig[:, :4]).min() > 0
+    assert np.all(np.abs(extras["gap"]) < 0.01 * np.abs(extras["delta"])), extras
+    occlusion, _ = text.scores("occlusion", module, variables, batch, target, options, position=3)
+    # occlusion is a difference of two forward passes: float noise (~1e-8), not influence
+    assert np.abs(occlusion[:, 4:]).max() < 1e-6 < 1e-3 < np.abs(occlusion[:, :4]).max()
+    with pytest.raises(ValueError, match="position="):
+        text.scores("rollout", module, variables, batch, target, options, position=3)
+
+
 @pytest.mark.parametrize("size", ["bert-tiny", "gpt2-tiny", "llama-tiny"])
 def test_rollout_rows_sum_to_one_and_decoders_stay_causal(size):
     module, variables, batch = _bert_tiny("last" if size != "bert-tiny" else "cls", size)

@@ -117,3 +117,17 @@ def test_perplexity_bpc_and_mcc():
     expected = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     assert metrics.matthews(labels, predictions) == pytest.approx(expected)
     assert metrics.classification(labels, predictions)["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_confusion_lists_the_planted_mistakes_and_lowest_recalls():
+    names = ["a", "b", "c", "d"]
+    # a: 4 right; b: 3 right, 2 -> c; c: 1 right, 3 -> a; d: no example
+    labels = np.array([0] * 4 + [1] * 5 + [2] * 4)
+    predictions = np.array([0] * 4 + [1, 1, 1, 2, 2] + [2, 0, 0, 0])
+    out = metrics.confusion(labels, predictions, names, top=2)
+    assert out["mistakes"] == [
+        {"true": "c", "predicted": "a", "count": 3, "share_of_true": 0.75},
+        {"true": "b", "predicted": "c", "count": 2, "share_of_true": 0.4}]
+    assert [(r["label"], r["recall"], r["support"]) for r in out["lowest_recall"]] == [
+        ("c", 0.25, 4), ("b", 0.6, 5)]
+    assert out["examples"] == 13

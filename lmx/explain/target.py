@@ -33,6 +33,17 @@ class TextLogits:
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenLogits:
+    """`logits_BL` of one token position of a token-classification model (NER): what an
+    entity tag at `position` was decided from. Hashable, like TextLogits."""
+    module: nn.Module
+    position: int
+
+    def __call__(self, context: dict, embeds_BTD: jax.Array) -> jax.Array:
+        return TextLogits(self.module)(context, embeds_BTD)[:, self.position]
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageLogits:
     """`logits_BL = f(context, images_BHWC)`; context: variables (BatchNorm in eval mode)."""
     module: nn.Module

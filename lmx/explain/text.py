@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmx.explain import attention, attributions as attr
-from lmx.explain.target import (EmbeddingOutputLogits, TextLogits, baseline_embeds, embed,
+from lmx.explain.target import (EmbeddingOutputLogits, TextLogits, TokenLogits, baseline_embeds, embed,
                                 embedding_output, text_context)
 
 METHODS = ("integrated_gradients", "grad_x_input", "saliency", "smoothgrad", "occlusion",
@@ -46,10 +46,13 @@ def _logits(module, variables, ids_BT, mask_BT, token_types_BT):
 
 
 def scores(method: str, module, variables, batch: dict, target_B, options: Options,
-           key: jax.Array | None = None) -> tuple[np.ndarray, dict]:
+           key: jax.Array | None = None, position: int | None = None
+           ) -> tuple[np.ndarray, dict]:
     """(B, T) scores of `method` for `target_B` (0 on padding), and extras (IG: the gap).
 
-    `batch`: ids, mask, token_types (B, T) and `candidate` (attributable tokens).
+    `batch`: ids, mask, token_types (B, T) and `candidate` (attributable tokens). `position`:
+    a token-classification model's token whose tag is explained (`target.TokenLogits`);
+    integrated gradients, saliency, SmoothGrad and occlusion take it.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
@@ -57,7 +60,11 @@ def scores(method: str, module, variables, batch: dict, target_B, options: Optio
     context = text_context(variables, batch)
     candidate_BT = jnp.asarray(batch["candidate"]).astype(bool)
     target_B = jnp.asarray(target_B, jnp.int32)
-    logit_fn = TextLogits(module)
+    if position is not None and method not in ("integrated_gradients", "saliency",
+                                               "smoothgrad", "occlusion"):
+        raise ValueError(f"method={method!r} explains a sequence label; a token's tag "
+                         "(position=) takes integrated_gradients, saliency, smoothgrad, occlusion")
+    logit_fn = TextLogits(module) if position is None else TokenLogits(module, position)
     x_BTD = embed(variables, context["ids"])
     baseline_BTD = baseline_embeds(variables, context["ids"], candidate_BT, options.baseline,
                                    options.pad_id, options.mask_id)

@@ -6,7 +6,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from lmx import metrics
+from lmx import metrics, report
 from lmx.data import batching, examples as data, readers, sources
 from lmx.models import families
 from lmx.tasks.base import Datasets, Task, export_hf
@@ -100,13 +100,20 @@ class SequenceClassification(Task):
         return Datasets(train, validation, test, names, 0)
 
     def finish(self, trainer, workdir: str) -> dict:
-        """A fully trained image model (ResNet, ViT) is exported as a HF folder (WORKDIR/hf) that
-        `config.model.pretrained` reads: the pre-training half of a transfer experiment."""
+        """WORKDIR/confusion.json: the validation split's most frequent mistakes and lowest
+        recalls (`metrics.confusion`). A fully trained image model (ResNet, ViT) is exported as
+        a HF folder (WORKDIR/hf) that `config.model.pretrained` reads: the pre-training half of
+        a transfer experiment."""
+        collected = trainer.collect(trainer.datasets["validation"])
+        labels = np.concatenate([h["labels"][h["real"]] for h, _ in collected])
+        predictions = np.concatenate([o["predictions"][h["real"]] for h, o in collected])
+        out = {"confusion": report.write_json(workdir, "confusion.json", metrics.confusion(
+            labels, predictions, self.label_names))}
         images = families.get(self.config.model.family).inputs == "images"
         if not images or self.config.peft.method != "full":
-            return {}
+            return out
         variables = trainer.inference_variables()
-        return {"exported": export_hf(trainer, workdir, variables,
+        return {**out, "exported": export_hf(trainer, workdir, variables,
                                       tuple(c for c in ("params", "batch_stats") if c in variables))}
 
     def eval_batches(self, split) -> Iterator[tuple[dict, dict]]:
