@@ -130,7 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
         warmup_fraction=0.06,
         decay="linear",
         weight_decay=0.01,
-        grad_clip_norm=1.0,
+        grad_clip_norm=1.0,  # global-norm clipping; 0 = none (not: clip everything to 0)
         log_every=50,
         eval_every=0,  # 0 = once per epoch
         checkpoint_every=0,  # 0 = once per epoch (and at the end)

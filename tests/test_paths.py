@@ -40,3 +40,27 @@ def test_trainable_labels_cover_every_leaf():
                       "params/layer_0/attention/query/bias": optim.FREEZE,
                       "params/layer_0/attention/query/kernel": optim.FREEZE,
                       "peft/layer_0/attention/query/lora_a": optim.TRAIN}
+
+
+def test_grad_clip_norm_zero_means_no_clipping():
+    """`train.grad_clip_norm=0` turns clipping off; optax's clip_by_global_norm(0) would scale
+    every update to 0 and nothing would ever train."""
+    import jax.numpy as jnp
+    import optax
+
+    from lmx.config import base_config
+
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.array([30.0, -40.0, 0.0])}
+    labels = {"w": optim.TRAIN}
+    for clip, want in ((0.0, optax.adamw(1e-1, weight_decay=0.0)),
+                       (1.0, optax.chain(optax.clip_by_global_norm(1.0),
+                                         optax.adamw(1e-1, weight_decay=0.0)))):
+        train = base_config().train
+        train.learning_rate, train.grad_clip_norm, train.weight_decay = 1e-1, clip, 0.0
+        train.warmup_fraction = 0.0  # linear decay: the first step's rate is the peak
+        tx = optim.make_optimizer(train, labels, total_steps=10)
+        got, _ = tx.update(grads, tx.init(params), params)
+        expected, _ = want.update(grads, want.init(params), params)
+        np.testing.assert_allclose(got["w"], expected["w"], rtol=1e-6)
+        assert np.abs(got["w"][:2]).min() > 0.05  # both really move

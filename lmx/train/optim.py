@@ -39,8 +39,9 @@ def make_optimizer(train_config: ml_collections.ConfigDict, labels: Any,
     """Clip + AdamW on trainable leaves; `set_to_zero` (no state at all) on frozen ones."""
     decay_mask = paths.label(labels, [(p, False) for p in NO_DECAY], what="weight decay mask",
                              default=True, require_use=False)
+    clip = train_config.grad_clip_norm  # 0: no clipping (optax would scale every update to 0)
     adamw = optax.chain(
-        optax.clip_by_global_norm(train_config.grad_clip_norm),
+        optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(),
         optax.adamw(schedule(train_config, total_steps), b1=0.9, b2=0.999, eps=1e-8,
                     weight_decay=train_config.weight_decay, mask=decay_mask))
     return optax.multi_transform({TRAIN: adamw, FREEZE: optax.set_to_zero()}, labels)
