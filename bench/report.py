@@ -107,6 +107,14 @@ def _e2e_lines(results: dict) -> list[str]:
     return lines
 
 
+def measured(results: dict, part: str) -> str:
+    """"; measured DATE" of the latest part run that ran `part` (a section's rows may be older
+    than the file's other parts), or "" if none says so."""
+    dates = [p["date"][:10] for key, p in results["part_runs"].items()
+             if part in p.get("parts", key).split(",")]  # old entries: keyed by their parts
+    return f"; measured {max(dates)}" if dates else ""
+
+
 def markdown(results: dict) -> str:
     m, c = results["machine"], results["ceiling"] or {}
     v = m["versions"]
@@ -126,9 +134,12 @@ def markdown(results: dict) -> str:
         "per step / step time / the ceiling of the dtype used (the reference runs float32 and is "
         "credited with the same FLOPs).", ""]
     lines += _e2e_lines(results)
-    lines += ["", "## Raw training step (fixed batch, median after warmup)", ""]
-    lines += _speed_rows(results["raw"]) + ["", "## Memory", ""] + _memory_rows(results["raw"])
-    lines += ["", "## Compile time of a full fine-tuning step (lower + compile)", "",
+    raw_date = measured(results, "raw")
+    lines += ["", f"## Raw training step (fixed batch, median after warmup{raw_date})", ""]
+    lines += _speed_rows(results["raw"]) + [
+        "", f"## Memory (in the raw steps' workers{raw_date})", ""] + _memory_rows(results["raw"])
+    compiled = measured(results, "compile")
+    lines += ["", f"## Compile time of a full fine-tuning step (lower + compile{compiled})", "",
               "| model | scan over layers | compile (s) |", "|---|---|---|"]
     lines += [f"| {r['size']} x{r['num_layers']} layers | {r['scan_layers']} | "
               f"{_f(r['compile_s'], '.1f')} s |"

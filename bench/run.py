@@ -109,8 +109,7 @@ def run(suite_name: str, dtypes: list[str], epochs: float, workdir: str, command
     suite = workloads.get_suite(suite_name)
     results = _merge_base(previous, suite_name)
     results["machine"] = measure.machine()
-    results["part_runs"][",".join(sorted(parts))] = {"command": command,
-                                                      "date": results["machine"]["date"]}
+    record_part(results, command, parts, results["machine"]["date"])
     lmx, ref = Worker("lmx"), Worker("torch")
     try:
         results["machine"]["jax_devices"] = lmx("devices")
@@ -145,6 +144,13 @@ def run(suite_name: str, dtypes: list[str], epochs: float, workdir: str, command
             results[key] = [r for r in results[key]
                             if (r["task"], r["side"], r["repeat"]) not in done] + runs
     return results
+
+
+def record_part(results: dict, command: str, parts: set[str], date: str) -> None:
+    """Keeps every command's line (keyed by the command: rounds of one part run one command
+    each, and each keeps its line); the same command run again replaces its own line."""
+    results["part_runs"][command] = {"parts": ",".join(sorted(parts)), "command": command,
+                                     "date": date}
 
 
 def _merge_base(previous: dict | None, suite_name: str) -> dict:

@@ -113,3 +113,20 @@ def test_grouped_reference_uses_transformers_sampler_and_pads_less():
     assert np.array_equal(np.concatenate(torch_side._epoch_batches(
         "grouped", train_idx, lengths, 32, epoch=1)), train_idx[expected[:len(rows)]])
     assert padded["grouped"] < 0.6 * padded["plain"]
+
+
+def test_every_part_command_is_kept_and_old_sections_carry_their_date():
+    """Rounds run one command each: every command keeps its line in RESULTS.md (keyed by the
+    command, not the part); a section whose rows are older than the file says its own date."""
+    from bench import run
+    results = run._merge_base({"suite": "cpu", "part_runs": {"raw,compile": {
+        "command": "python -m bench.run --suite cpu", "date": "2026-11-29T20:05:41+00:00"}}},
+        "cpu")
+    for r, day in ((0, "2026-12-06T05:13:49"), (1, "2026-12-06T05:19:00")):
+        run.record_part(results, f"python -m bench.run --parts e2e-banking77 --first-round {r}",
+                        {"e2e-banking77"}, day)
+    assert [p["command"][-1] for p in results["part_runs"].values()] == ["u", "0", "1"]
+    assert report.measured(results, "raw") == "; measured 2026-11-29"
+    assert report.measured(results, "compile") == "; measured 2026-11-29"
+    assert report.measured(results, "e2e-banking77") == "; measured 2026-12-06"
+    assert report.measured(results, "e2e-conll") == ""
