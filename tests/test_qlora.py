@@ -77,10 +77,11 @@ def test_int8_equals_bitsandbytes_vectorwise():
 
 def _tiny_bert(folder):
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(dict(
-        model_type="bert", vocab_size=64, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=32,
-        type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12)))
+    import transformers  # noqa: PLC0415  (a complete BERT config.json, nothing downloaded)
+    hf_config = transformers.BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=32).to_dict()
+    (folder / "config.json").write_text(json.dumps(hf_config))
     module = lmx.hf.module_from_config(folder, task="sequence_classification", num_labels=2)
     inputs = lmx.hf.family_of_module(module).example_inputs(module)
     variables = nn.unbox(module.init(jax.random.key(0), *inputs))
@@ -123,7 +124,12 @@ def test_lora_on_quantized_base_equals_lora_on_dequantized_base(tmp_path, kind):
         {"params": traverse_util.unflatten_dict(dequantized, sep="/"), "peft": peft}, ids)
     out_plain = plain.module.apply({**plain.variables, "peft": peft}, ids)
     np.testing.assert_allclose(out_q, out_d, atol=1e-6, rtol=0)
-    assert np.abs(np.asarray(out_q) - np.asarray(out_plain)).max() > 1e-4  # it is quantized
+    # ... and the base really is quantized: outputs and kernels move off the float ones
+    assert np.abs(np.asarray(out_q) - np.asarray(out_plain)).max() > 1e-6
+    kernel = "layer_0/mlp/up/kernel"
+    error = np.abs(np.asarray(dequantized[kernel]) - np.asarray(
+        traverse_util.flatten_dict(plain.variables["params"], sep="/")[kernel]))
+    assert 0 < error.max() < 0.5 * np.abs(np.asarray(dequantized[kernel])).max()
 
 
 def test_qlora_learns_and_quantized_base_stays_bit_identical(tmp_path):
