@@ -41,6 +41,13 @@ def base_config() -> ml_collections.ConfigDict:
         # Transformer causal_lm only: dtype of the generation KV cache ("bfloat16" halves it;
         # greedy tokens can then differ from float32's, see tests/test_generate.py)
         kv_cache_dtype="float32",
+        # QLoRA: the frozen linear kernels of the blocks (peft.ALL_LINEAR: attention q/k/v/out,
+        # MLP up/down) stored as "nf4" (4-bit NormalFloat, blocks of 64) or "int8" (per
+        # output channel) and dequantized inside the jitted matmul (lmx/quant.py); embeddings,
+        # pooler and head stay float. Needs a method that freezes them (not "full") and
+        # scan_layers=False. quantize_double: NF4 block scales stored as int8 too.
+        quantize_base="none",
+        quantize_double=False,
     ))
 
     c.peft = ml_collections.ConfigDict(dict(
@@ -186,6 +193,7 @@ CHOICES = {
                    "chat_sft", "cloze"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.kv_cache_dtype": ("float32", "bfloat16"),
+    "model.quantize_base": ("none", "int8", "nf4"),
     "data.kind": ("csv_classification", "phrasebank", "clinc150", "conll", "text", "movielens",
                   "images", "digits", "synthetic", "chat"),
     "data.tag_scheme": ("iob1", "bio"),
@@ -395,10 +403,29 @@ def _peft_errors(flat: dict) -> list[str]:
     for key in ("model.dropout_rate", "model.attention_dropout_rate"):
         if not 0 <= flat[key] < 1:
             errors.append(f"config.{key}={flat[key]!r} must be in [0, 1)")
+    errors += _quantize_errors(flat)
     if flat["model.scan_layers"] and any("layer_" in p for p in flat["peft.trainable"]):
         errors.append("config.peft.trainable names unrolled layers (layer_N) but "
                       "config.model.scan_layers=True stacks them under layers/block: write "
                       "the patterns for layers/block, or set scan_layers=False")
+    return errors
+
+
+def _quantize_errors(flat: dict) -> list[str]:
+    """QLoRA settings that cannot build: a quantized kernel must stay frozen and unscanned."""
+    kind, errors = flat["model.quantize_base"], []
+    if kind == "none":
+        if flat["model.quantize_double"]:
+            errors.append("config.model.quantize_double=True needs model.quantize_base='nf4'")
+        return errors
+    if flat["model.quantize_double"] and kind != "nf4":
+        errors.append(f"config.model.quantize_double=True needs model.quantize_base='nf4', "
+                      f"not {kind!r}")
+    if flat["peft.method"] == "full":
+        errors.append(f"config.model.quantize_base={kind!r} freezes the linear kernels in a "
+                      "quantized store, but config.peft.method='full' trains them")
+    if flat["model.scan_layers"]:
+        errors.append(f"config.model.quantize_base={kind!r} needs model.scan_layers=False")
     return errors
 
 

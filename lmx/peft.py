@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
-from lmx import paths
+from lmx import paths, quant
 
 PEFT = "peft"  # the variable collection
 # Every linear layer of the encoder / decoder blocks (LoRA's strongest common setting).
@@ -42,6 +42,9 @@ class PeftSpec:
     ia3_targets: frozenset[str] = frozenset()  # IA3: learned scales on these modules' outputs
     ia3_feedforward: frozenset[str] = frozenset()  # ... or on their inputs (FFN down projections)
     head_in_peft: bool = False  # classifier at peft/head/classifier: each named adapter's own
+    # QLoRA: these modules' frozen kernels are stored as `quantization` (lmx/quant.py)
+    quantized: frozenset[str] = frozenset()
+    quantization: quant.Scheme = quant.NONE
 
     @property
     def lora_scale(self) -> float:
@@ -50,6 +53,10 @@ class PeftSpec:
 
     def is_lora_target(self, module_path: tuple[str, ...]) -> bool:
         return self.lora_rank > 0 and "/".join(module_path) in self.lora_targets
+
+    def quantized_kernel(self, module_path: tuple[str, ...]) -> quant.Scheme | None:
+        """The storage scheme of this module's frozen kernel, None when it is plain."""
+        return self.quantization if "/".join(module_path) in self.quantized else None
 
     def ia3_mode(self, module_path: tuple[str, ...]) -> str:
         """"input" or "output" scaling for an IA3 target module, "" when it is none."""

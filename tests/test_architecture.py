@@ -10,8 +10,8 @@ LMX = pathlib.Path(__file__).resolve().parent.parent / "lmx"
 # Low to high. A module may import modules of its own layer or below, never above.
 # (The README's "Architecture" section states the same order.)
 LAYERS = (
-    ("core", ("lmx.paths", "lmx.metrics", "lmx.report", "lmx.provenance", "lmx.scale.sharding",
-              "lmx.scale.distributed")),
+    ("core", ("lmx.paths", "lmx.metrics", "lmx.report", "lmx.provenance", "lmx.quant",
+              "lmx.scale.sharding", "lmx.scale.distributed")),
     ("peft", ("lmx.peft", "lmx.adapters")),
     ("models", ("lmx.models",)),
     ("interop", ("lmx.hf",)),

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmx import quant
 from lmx.peft import NO_PEFT, PEFT, PeftSpec
 from lmx.scale import sharding as ax
 
@@ -169,11 +170,20 @@ class Dense(nn.Module):
             return _peft_variable(self, name, init, shape, axes)
         return self.param(name, nn.with_logical_partitioning(init, axes), shape)
 
+    def _kernel(self, shape_IO: tuple[int, int]) -> jax.Array:
+        """W (I, O); a QLoRA base stores it quantized (`params/.../kernel/{codes, ...}`,
+        replicated, frozen) and it is dequantized here, inside the jitted matmul."""
+        scheme = None if self.in_peft else self.peft.quantized_kernel(self.scope.path)
+        if scheme is None:
+            return self._weight("kernel", self.kernel_init, shape_IO, self.axes)
+        stored = self.param("kernel", lambda key, shape: quant.quantize_kernel(
+            self.kernel_init(key, shape), scheme), shape_IO)
+        return quant.dequantize_kernel(stored, shape_IO, scheme, self.dtype)
+
     @nn.compact
     def __call__(self, x_BI: jax.Array, deterministic: bool = True) -> jax.Array:
         in_features = x_BI.shape[-1]
-        kernel_IO = self._weight("kernel", self.kernel_init, (in_features, self.features),
-                                 self.axes)
+        kernel_IO = self._kernel((in_features, self.features))
         ia3 = self.peft.ia3_mode(self.scope.path)
         if ia3 == "input":  # IA3 on a feed-forward down projection scales its input
             scale_I = _peft_variable(self, "ia3", nn.initializers.ones, (in_features,),

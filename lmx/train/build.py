@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any
 
 import flax
@@ -22,7 +23,7 @@ import optax
 from absl import logging
 from flax import traverse_util
 
-from lmx import config as config_lib, peft as peft_lib
+from lmx import config as config_lib, paths, peft as peft_lib, quant
 from lmx.models import families
 from lmx.scale import sharding
 from lmx.train import optim
@@ -139,6 +140,12 @@ def peft_spec(config: ml_collections.ConfigDict, cfg, num_labels: int,
     base = family.make(unrolled, config_lib.model_task(m.task), num_labels, m.pooling, peft_lib.NO_PEFT)
     base_shapes = jax.eval_shape(lambda: nn.unbox(base.init(jax.random.key(0), *inputs)))
     spec = peft_lib.spec_from_config(config.peft, {"params": base_shapes["params"]})
+    if m.quantize_base != "none":  # QLoRA: every linear kernel of the blocks, stored quantized
+        kernels = paths.select({"params": base_shapes["params"]}, peft_lib.ALL_LINEAR,
+                               what="config.model.quantize_base (peft.ALL_LINEAR)")
+        spec = dataclasses.replace(
+            spec, quantized=frozenset(p.split("/", 1)[1].rsplit("/", 1)[0] for p in kernels),
+            quantization=quant.Scheme(m.quantize_base, double=m.quantize_double))
     return peft_lib.scanned_spec(spec, cfg.num_layers) if scanned else spec
 
 
@@ -175,6 +182,23 @@ def _overlay_collection(variables: dict, shardings: dict, loaded: dict, source: 
         if k in flat:
             flat[k] = stream.place(v, flat_sh[k], flat[k].dtype)
     return {**variables, collection: traverse_util.unflatten_dict(flat)}
+
+
+def quantize_loaded(loaded: dict, spec: peft_lib.PeftSpec) -> dict:
+    """Pretrained variables with the kernels `spec` quantizes in their quantized store (each
+    read whole, quantized jitted, one at a time); the rest untouched (still lazy)."""
+    if not spec.quantized:
+        return loaded
+    from lmx.hf import stream  # noqa: PLC0415  (safetensors only needed here)
+    flat = traverse_util.flatten_dict(loaded["params"])
+    quantize = jax.jit(quant.quantize_kernel, static_argnums=1)
+    for module in spec.quantized:
+        key = (*module.split("/"), "kernel")
+        if key in flat:  # a missing one is reported by _overlay
+            kernel = stream.place(
+                flat[key], jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), np.float32)
+            flat[key] = quantize(kernel, spec.quantization)
+    return {**loaded, "params": traverse_util.unflatten_dict(flat)}
 
 
 def _check_length(config: ml_collections.ConfigDict, cfg) -> None:
@@ -215,7 +239,7 @@ def create(config: ml_collections.ConfigDict, num_labels: int, mesh, rules,
         variables = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(rng)
     variables = flax.core.unfreeze(variables)
     if loaded is not None:
-        variables = _overlay(variables, shardings, loaded, model_dir)
+        variables = _overlay(variables, shardings, quantize_loaded(loaded, spec), model_dir)
     return Model(module, variables, shardings, flax.core.unfreeze(boxed), model_dir)
 
 
@@ -231,6 +255,16 @@ def trainable_labels(config: ml_collections.ConfigDict, variables: dict) -> Any:
                                   what="config.peft.trainable")
 
 
+def _check_quantized_frozen(labels: Any) -> None:
+    """A quantized kernel has no gradient: a pattern that trains one is an error naming it."""
+    flat = traverse_util.flatten_dict(labels, sep="/")
+    trained = sorted(k for k, v in flat.items()
+                     if v == optim.TRAIN and re.search(r"/kernel/(codes|absmax)", k))
+    if trained:
+        raise ValueError(f"config.peft.trainable trains quantized kernels (model.quantize_base "
+                         f"freezes them): {trained[:4]}")
+
+
 def build(config: ml_collections.ConfigDict, num_labels: int, *, mesh, rules,
           vocab_size: int | None = None, total_steps: int = 1000,
           abstract: bool = False) -> Built:
@@ -241,6 +275,7 @@ def build(config: ml_collections.ConfigDict, num_labels: int, *, mesh, rules,
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     model = create(config, num_labels, mesh, rules, init_rng, vocab_size, abstract)
     labels = trainable_labels(config, model.variables)
+    _check_quantized_frozen(labels)
     tx = optim.make_optimizer(config.train, labels, total_steps)
     opt_shardings = sharding.logical_to_shardings(
         nn.get_partition_spec(jax.eval_shape(tx.init, learnable(model.abstract))), mesh, rules)
