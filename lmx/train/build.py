@@ -216,6 +216,7 @@ def create(config: ml_collections.ConfigDict, num_labels: int, mesh, rules,
     variables = flax.core.unfreeze(variables)
     if loaded is not None:
         variables = _overlay(variables, shardings, loaded, model_dir)
+        variables = peft_lib.init_from_base(variables, spec)
     return Model(module, variables, shardings, flax.core.unfreeze(boxed), model_dir)
 
 
@@ -241,7 +242,8 @@ def build(config: ml_collections.ConfigDict, num_labels: int, *, mesh, rules,
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     model = create(config, num_labels, mesh, rules, init_rng, vocab_size, abstract)
     labels = trainable_labels(config, model.variables)
-    tx = optim.make_optimizer(config.train, labels, total_steps)
+    plus_ratio = config.peft.lora.plus_lr_ratio if config.peft.method == "lora" else 0.0
+    tx = optim.make_optimizer(config.train, labels, total_steps, plus_ratio)
     opt_shardings = sharding.logical_to_shardings(
         nn.get_partition_spec(jax.eval_shape(tx.init, learnable(model.abstract))), mesh, rules)
     replicated = sharding.replicated(mesh)
