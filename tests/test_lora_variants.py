@@ -8,11 +8,13 @@ import torch
 from flax import traverse_util
 from test_hf_adapters import TASK_TYPES, compare
 from test_hf_models import HEADS, batch, reference
+from test_training import _assert_unchanged, _steps
 
 import lmx.hf
+from experiments import tiny_synthetic
 from lmx import config as config_lib, peft as peft_lib
 from lmx.models.layers import Dense
-from lmx.train import optim
+from lmx.train import loop, optim
 
 TOL = 1e-5
 TARGETS = {"bert": ["query", "value", "output.dense"], "llama": ["q_proj", "v_proj", "down_proj"]}
@@ -178,3 +180,26 @@ def test_lora_plus_moves_b_ratio_times_a_and_leaves_frozen_alone():
                                16.0, rtol=1e-5)
     np.testing.assert_allclose(lora["lora_a"], -1e-3, rtol=1e-5)
     np.testing.assert_array_equal(updates["params"]["layer_0"]["query"]["kernel"], 0.0)
+
+
+def test_dora_with_lora_plus_trains_through_the_trainer(tmp_path):
+    """config.peft.lora.dora + plus_lr_ratio through lmx.train.loop: the magnitudes learn,
+    the loss falls, frozen leaves stay bit-identical. Measured on tiny_synthetic's random base
+    (2-core AMD EPYC, mean of the first / last 10 of 60 steps): DoRA + LoRA+ 0.695 -> 0.661,
+    DoRA alone 0.695 -> 0.662, LoRA+ alone 0.695 -> 0.324, plain LoRA 0.696 -> 0.221: DoRA
+    keeps each column's norm at m, so on a random base it learns slowly; margin ~half."""
+    config = tiny_synthetic.get_config("lora")
+    config.train.learning_rate = 3e-2
+    config.peft.lora.dora, config.peft.lora.plus_lr_ratio = True, 4.0
+    trainer = loop.Trainer(config, str(tmp_path))
+    frozen_before = jax.tree.map(np.asarray, trainer.frozen)
+    flat = traverse_util.flatten_dict(trainer.state.trainable["peft"], sep="/")
+    magnitude_before = {k: np.asarray(v) for k, v in flat.items() if k.endswith("magnitude")}
+    assert magnitude_before
+    losses = _steps(trainer, 60)
+    print(f"DoRA + LoRA+ losses: first 10 {np.mean(losses[:10]):.3f}, last 10 "
+          f"{np.mean(losses[-10:]):.3f}")
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.015, losses
+    _assert_unchanged(frozen_before, trainer.frozen)
+    flat = traverse_util.flatten_dict(trainer.state.trainable["peft"], sep="/")
+    assert all(np.abs(np.asarray(flat[k]) - v).max() > 1e-3 for k, v in magnitude_before.items())
