@@ -54,7 +54,14 @@ def base_config() -> ml_collections.ConfigDict:
         # "full" | "lora" | "houlsby" | "pfeiffer" | "bitfit" | "prompt" | "prefix" | "ia3"
         method="lora",
         lora=dict(rank=8, alpha=peft.LORA_ALPHA, dropout=0.0, rslora=False,
-                  targets=(r"params/layer_\d+/attention/(query|value)/kernel",)),
+                  targets=(r"params/layer_\d+/attention/(query|value)/kernel",),
+                  # DoRA (PEFT's use_dora): a learned magnitude per output feature
+                  dora=False,
+                  # ((regex over a target's kernel path, rank or alpha), ...): per-module
+                  # values, first match wins (PEFT's rank_pattern / alpha_pattern)
+                  rank_pattern=(), alpha_pattern=(),
+                  # LoRA+: B's learning rate is train.learning_rate * this (0 = off)
+                  plus_lr_ratio=0.0),
         ia3=dict(targets=(r"params/layer_\d+/attention/(key|value)/kernel",),
                  feedforward=(r"params/layer_\d+/mlp/down/kernel",)),
         adapter_size=peft.ADAPTER_SIZE,
@@ -392,6 +399,9 @@ def _peft_errors(flat: dict) -> list[str]:
                           "[0, 1)")
         if not flat["peft.lora.targets"]:
             errors.append("config.peft.lora.targets is empty: LoRA needs target patterns")
+        if not flat["peft.lora.plus_lr_ratio"] >= 0:
+            errors.append(f"config.peft.lora.plus_lr_ratio={flat['peft.lora.plus_lr_ratio']!r} "
+                          "must be >= 0 (0 = plain LoRA)")
     if method in ("houlsby", "pfeiffer") and not flat["peft.adapter_size"] > 0:
         errors.append(f"config.peft.adapter_size={flat['peft.adapter_size']!r} must be > 0 "
                       f"for peft.method={method!r}")
@@ -426,6 +436,9 @@ def _quantize_errors(flat: dict) -> list[str]:
                       "quantized store, but config.peft.method='full' trains them")
     if flat["model.scan_layers"]:
         errors.append(f"config.model.quantize_base={kind!r} needs model.scan_layers=False")
+    if flat["peft.lora.dora"]:
+        errors.append(f"config.model.quantize_base={kind!r} with peft.lora.dora=True: DoRA's "
+                      "magnitude is computed from float kernels (not built for a quantized base)")
     return errors
 
 

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 import flax
+import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
@@ -34,6 +35,11 @@ class PeftSpec:
     lora_dropout: float = 0.0
     lora_rslora: bool = False
     lora_targets: frozenset[str] = frozenset()  # module paths, e.g. "layer_0/attention/query"
+    lora_dora: bool = False  # DoRA: a learned magnitude per output feature (PEFT's use_dora)
+    # Per-module rank / alpha where they differ from lora_rank / lora_alpha (PEFT's
+    # rank_pattern / alpha_pattern, resolved to module paths): ((module path, value), ...)
+    lora_rank_pattern: tuple[tuple[str, int], ...] = ()
+    lora_alpha_pattern: tuple[tuple[str, float], ...] = ()
     adapter: str = "none"  # "none" | "houlsby" | "pfeiffer"
     adapter_size: int = ADAPTER_SIZE
     num_prompt_tokens: int = 0  # soft prompt tuning: P vectors before the input embeddings
@@ -50,6 +56,16 @@ class PeftSpec:
     def lora_scale(self) -> float:
         denominator = math.sqrt(self.lora_rank) if self.lora_rslora else self.lora_rank
         return self.lora_alpha / denominator
+
+    def lora_rank_of(self, module_path: tuple[str, ...]) -> int:
+        return dict(self.lora_rank_pattern).get("/".join(module_path), self.lora_rank)
+
+    def lora_scale_of(self, module_path: tuple[str, ...]) -> float:
+        """`alpha / r` (rsLoRA: `alpha / sqrt(r)`) with this module's own rank and alpha."""
+        path = "/".join(module_path)
+        rank = dict(self.lora_rank_pattern).get(path, self.lora_rank)
+        alpha = dict(self.lora_alpha_pattern).get(path, self.lora_alpha)
+        return alpha / (math.sqrt(rank) if self.lora_rslora else rank)
 
     def is_lora_target(self, module_path: tuple[str, ...]) -> bool:
         return self.lora_rank > 0 and "/".join(module_path) in self.lora_targets
@@ -96,7 +112,12 @@ def spec_from_config(peft_config: ml_collections.ConfigDict, base_params: Any) -
                 lora_alpha=peft_config.lora.alpha,
                 lora_dropout=peft_config.lora.dropout,
                 lora_rslora=peft_config.lora.rslora,
-                lora_targets=module_paths)
+                lora_targets=module_paths,
+                lora_dora=peft_config.lora.dora,
+                lora_rank_pattern=_pattern(peft_config.lora.rank_pattern, module_paths, int,
+                                           "config.peft.lora.rank_pattern"),
+                lora_alpha_pattern=_pattern(peft_config.lora.alpha_pattern, module_paths, float,
+                                            "config.peft.lora.alpha_pattern"))
     if method in ("houlsby", "pfeiffer"):
         return PeftSpec(adapter=method, adapter_size=peft_config.adapter_size)
     if method == "prompt":
@@ -111,6 +132,25 @@ def spec_from_config(peft_config: ml_collections.ConfigDict, base_params: Any) -
         targets = modules(peft_config.ia3.targets, "config.peft.ia3.targets")
         return PeftSpec(ia3_targets=targets | feedforward, ia3_feedforward=feedforward)
     return NO_PEFT
+
+
+def _pattern(rules, module_paths: frozenset[str], kind: type, what: str
+             ) -> tuple[tuple[str, Any], ...]:
+    """((module path, value), ...) for the LoRA targets a (regex over
+    `params/<module>/kernel`, value) rule selects, first match wins; a rule that selects no
+    target is an error naming it."""
+    chosen, used = {}, set()
+    for module in sorted(module_paths):
+        for pattern, value in rules:
+            if re.fullmatch(pattern, f"params/{module}/kernel"):
+                chosen[module] = kind(value)
+                used.add(pattern)
+                break
+    unused = [pattern for pattern, _ in rules if pattern not in used]
+    if unused:
+        raise ValueError(f"{what}: {unused} select no LoRA target (targets: "
+                         f"{sorted(module_paths)[:4]}...)")
+    return tuple(sorted(chosen.items()))
 
 
 def scanned_spec(spec: PeftSpec, num_layers: int) -> PeftSpec:
@@ -135,6 +175,10 @@ def scanned_spec(spec: PeftSpec, num_layers: int) -> PeftSpec:
             out.add(f"layers/block/{module}")
         return frozenset(out)
 
+    if spec.lora_rank_pattern or spec.lora_alpha_pattern:
+        raise ValueError("config.peft.lora.rank_pattern / alpha_pattern give modules their own "
+                         "rank or alpha, which one block shared by scanned layers cannot hold: "
+                         "set config.model.scan_layers=False")
     return dataclasses.replace(
         spec, lora_targets=scanned(spec.lora_targets, "config.peft.lora.targets"),
         ia3_targets=scanned(spec.ia3_targets, "config.peft.ia3"),
@@ -170,7 +214,17 @@ def trainable_patterns(peft_config: ml_collections.ConfigDict, variables: Any = 
     return patterns
 
 
-def _lora_delta(peft_module: dict, scale: float):
+def dora_norm(kernel: jax.Array, delta: jax.Array) -> jax.Array:
+    """PEFT's DoRA weight norm: `||W + delta||_2` per output feature (over a Dense's I axis, a
+    Conv's H, W, I axes), float32 and detached (DoRA paper section 4.3, as PEFT does)."""
+    if delta.ndim == kernel.ndim + 1:  # a per-row (mixed-batch) update on a shared kernel
+        kernel = kernel[None]
+    axes = (0, 1, 2) if kernel.ndim == 4 else (-2,)
+    weight = kernel.astype(jnp.float32) + jax.lax.stop_gradient(delta)
+    return jax.lax.stop_gradient(jnp.sqrt(jnp.sum(jnp.square(weight), axis=axes)))
+
+
+def lora_delta(peft_module: dict, scale: float):
     """`scale * A @ B` in the kernel's layout (Dense (I, O); Conv (H, W, I, O))."""
     a, b = peft_module["lora_a"], peft_module["lora_b"]
     if b.ndim == 3:  # a scanned model's Dense: (L, I, R) @ (L, R, O), one update per layer
@@ -179,40 +233,77 @@ def _lora_delta(peft_module: dict, scale: float):
     return scale * jnp.einsum("...r,ro->...o", a.astype(jnp.float32), b_RO.astype(jnp.float32))
 
 
-def _fold_lora(variables: dict, spec: PeftSpec, sign: float) -> dict:
+def _lora_modules(variables: dict, spec: PeftSpec):
+    """(module path, its `peft` node, its kernel) for every LoRA target."""
     params = traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]), sep="/")
     peft = flax.core.unfreeze(variables.get(PEFT, {}))
     for module_path in sorted(spec.lora_targets):
         node = peft
         for name in module_path.split("/"):
             node = node[name]
-        kernel = params[f"{module_path}/kernel"]
-        params[f"{module_path}/kernel"] = (kernel + sign * _lora_delta(node, spec.lora_scale)
-                                           ).astype(kernel.dtype)
+        yield module_path, node, params[f"{module_path}/kernel"]
+
+
+def _magnitude_over_norm(magnitude: jax.Array, norm: jax.Array) -> jax.Array:
+    """`m / ||W + dW||` laid out to scale a kernel's output axis (the last one)."""
+    return (magnitude.astype(jnp.float32) / norm)[..., None, :]
+
+
+def dora_norms(variables: dict, spec: PeftSpec) -> dict[str, jax.Array]:
+    """`||W + s A B||` per DoRA target (module path -> (O,) or scanned (L, O)): what
+    `unmerge_lora` needs to undo a DoRA merge (PEFT caches the same)."""
+    return {path: dora_norm(kernel, lora_delta(node, spec.lora_scale_of(tuple(path.split("/")))))
+            for path, node, kernel in _lora_modules(variables, spec)}
+
+
+def _fold_lora(variables: dict, spec: PeftSpec, sign: float,
+               norms: dict[str, jax.Array] | None = None) -> dict:
+    params = traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]), sep="/")
+    for module_path, node, kernel in _lora_modules(variables, spec):
+        delta = lora_delta(node, spec.lora_scale_of(tuple(module_path.split("/"))))
+        weight = kernel.astype(jnp.float32)
+        if spec.lora_dora and sign > 0:  # W' = m / ||W + dW|| * (W + dW)
+            weight = _magnitude_over_norm(node["lora_magnitude"], dora_norm(kernel, delta)) \
+                * (weight + delta)
+        elif spec.lora_dora:  # W = W' ||W + dW|| / m - dW, with the norm cached at merge
+            weight = weight / _magnitude_over_norm(node["lora_magnitude"], norms[module_path]) \
+                - delta
+        else:
+            weight = weight + sign * delta
+        params[f"{module_path}/kernel"] = weight.astype(kernel.dtype)
     return traverse_util.unflatten_dict(params, sep="/")
 
 
 def merge_lora(variables: dict, spec: PeftSpec) -> tuple[dict, PeftSpec]:
-    """Base params with every LoRA update folded in, `W + (alpha / r) A B`, and the spec
-    without LoRA (other PEFT modules stay). The result's outputs equal the unmerged model's."""
+    """Base params with every LoRA update folded in, `W + (alpha / r) A B` (DoRA:
+    `m / ||W + dW|| * (W + dW)`), and the spec without LoRA (other PEFT modules stay). The
+    result's outputs equal the unmerged model's."""
     merged = {**variables, "params": _fold_lora(variables, spec, +1.0)}
     rest = _without_lora(variables.get(PEFT, {}))
     merged.pop(PEFT, None)
     if rest:
         merged[PEFT] = rest
-    return merged, dataclasses.replace(spec, lora_rank=0, lora_targets=frozenset())
+    return merged, dataclasses.replace(spec, lora_rank=0, lora_targets=frozenset(),
+                                       lora_dora=False, lora_rank_pattern=(),
+                                       lora_alpha_pattern=())
 
 
-def unmerge_lora(merged_variables: dict, lora_variables: dict, spec: PeftSpec) -> dict:
-    """Inverse of merge_lora: subtracts the updates of `lora_variables[PEFT]` (LoRA spec `spec`)."""
+def unmerge_lora(merged_variables: dict, lora_variables: dict, spec: PeftSpec,
+                 norms: dict[str, jax.Array] | None = None) -> dict:
+    """Inverse of merge_lora: subtracts the updates of `lora_variables[PEFT]` (LoRA spec
+    `spec`). A DoRA merge cannot be undone from the merged kernel alone: pass
+    `norms=dora_norms(unmerged_variables, spec)` taken before merging."""
+    if spec.lora_dora and norms is None:
+        raise ValueError("unmerge_lora of a DoRA spec needs norms=dora_norms(variables, spec) "
+                         "from before the merge (||W + dW|| is not recoverable from W')")
     variables = {**merged_variables, PEFT: lora_variables[PEFT]}
-    return {**variables, "params": _fold_lora(variables, spec, -1.0)}
+    return {**variables, "params": _fold_lora(variables, spec, -1.0, norms)}
 
 
 def _without_lora(tree: dict) -> dict:
     flat = traverse_util.flatten_dict(flax.core.unfreeze(tree))
     return traverse_util.unflatten_dict({k: v for k, v in flat.items()
-                                         if k[-1] not in ("lora_a", "lora_b")})
+                                         if k[-1] not in ("lora_a", "lora_b", "lora_magnitude")})
 
 
 def _fold_ia3(variables: dict, spec: PeftSpec, invert: bool) -> dict:
@@ -252,3 +343,17 @@ def unmerge_ia3(merged_variables: dict, ia3_variables: dict, spec: PeftSpec) -> 
     """Inverse of merge_ia3: divides the scales of `ia3_variables[PEFT]` back out."""
     variables = {**merged_variables, PEFT: ia3_variables[PEFT]}
     return {**variables, "params": _fold_ia3(variables, spec, invert=True)}
+
+
+def init_from_base(variables: dict, spec: PeftSpec) -> dict:
+    """`variables` with the PEFT state that depends on the base weights recomputed from the
+    base now in them (a model is initialised before pretrained weights are laid in): DoRA's
+    magnitude `||W + s A B||` per output feature, as PEFT's `update_layer` sets it."""
+    if not spec.lora_dora:
+        return variables
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(variables[PEFT]), sep="/")
+    for path, norm in dora_norms(variables, spec).items():
+        old = flat[f"{path}/lora_magnitude"]
+        flat[f"{path}/lora_magnitude"] = jax.device_put(
+            norm.astype(old.dtype), getattr(old, "sharding", None))
+    return {**variables, PEFT: traverse_util.unflatten_dict(flat, sep="/")}

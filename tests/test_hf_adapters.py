@@ -166,7 +166,7 @@ def test_bottleneck_adapters_round_trip_in_lmx_format(tmp_path):
 def test_unsupported_peft_options_are_named(tmp_path):
     peft_reference("lora", "bert", "sequence_classification", tmp_path)
     config_path = tmp_path / "adapter" / adapters.PEFT_CONFIG
-    config_path.write_text(config_path.read_text().replace('"use_dora": false',
-                                                           '"use_dora": true'))
-    with pytest.raises(ValueError, match="use_dora"):
+    config_path.write_text(config_path.read_text().replace('"lora_bias": false',
+                                                           '"lora_bias": true'))
+    with pytest.raises(ValueError, match="lora_bias"):
         lmx.hf.from_pretrained(tmp_path / "base", adapter=tmp_path / "adapter")

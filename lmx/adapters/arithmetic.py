@@ -134,6 +134,9 @@ def add_weighted_adapter(adapters: list[Adapter], weights: list[float], combinat
     if any(not s.lora_rank or s.ia3_targets or s.adapter != "none" or s.num_prompt_tokens
            or s.num_prefix_tokens for s in specs):
         raise ValueError("add_weighted_adapter combines LoRA adapters only")
+    if any(s.lora_dora or s.lora_rank_pattern or s.lora_alpha_pattern for s in specs):
+        raise ValueError("add_weighted_adapter combines plain LoRA adapters: DoRA magnitudes and "
+                         "per-module rank / alpha patterns are not combined here")
     how = "linear" if len(adapters) == 1 else combination_type
     new_rank = _new_rank(specs, how, svd_rank)
     key = jax.random.key(0) if key is None else key

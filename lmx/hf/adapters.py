@@ -29,8 +29,7 @@ TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOK
               "causal_lm": "CAUSAL_LM", "hidden": "FEATURE_EXTRACTION", "mlm": None,
               "image_classification": None}
 HEAD_MODULES = ("classifier", "score")  # PEFT's modules_to_save for classification tasks
-_UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "LoRA biases", "rank_pattern": "rank_pattern",
-                "alpha_pattern": "alpha_pattern", "layers_to_transform": "layers_to_transform",
+_UNSUPPORTED = {"lora_bias": "LoRA biases", "layers_to_transform": "layers_to_transform",
                 "prefix_projection": "a prefix projection MLP", "trainable_token_indices":
                 "trainable tokens", "layer_replication": "layer replication"}
 
@@ -60,6 +59,19 @@ def _check_supported(config: dict[str, Any], source: str) -> None:
             raise ValueError(f"{source}: {key}={config[key]!r}: {what} is not supported by lmx")
 
 
+def _pattern_of(pattern: dict | None, targets, names, kind) -> tuple[tuple[str, Any], ...]:
+    r"""PEFT's rank_pattern / alpha_pattern on lmx module paths: for each target, the first key
+    `k` (in the config's order) with `re.match(rf"(.*\.)?({k})$", HF module name)` (PEFT's
+    `get_pattern_key`)."""
+    chosen = {}
+    for module in sorted(targets):
+        for key, value in (pattern or {}).items():
+            if re.match(rf"(.*\.)?({key})$", names[module][0]):
+                chosen[module] = kind(value)
+                break
+    return tuple(sorted(chosen.items()))
+
+
 def spec_of(config: dict[str, Any], names: dict[str, tuple], source: str) -> PeftSpec:
     """The PeftSpec of a PEFT `adapter_config.json` for a module whose Dense names are `names`."""
     _check_supported(config, source)
@@ -73,7 +85,12 @@ def spec_of(config: dict[str, Any], names: dict[str, tuple], source: str) -> Pef
                              f"module of this model (e.g. {examples})")
         return PeftSpec(lora_rank=config["r"], lora_alpha=float(config["lora_alpha"]),
                         lora_dropout=config.get("lora_dropout", 0.0),
-                        lora_rslora=bool(config.get("use_rslora")), lora_targets=targets)
+                        lora_rslora=bool(config.get("use_rslora")), lora_targets=targets,
+                        lora_dora=bool(config.get("use_dora")),
+                        lora_rank_pattern=_pattern_of(config.get("rank_pattern"), targets,
+                                                      names, int),
+                        lora_alpha_pattern=_pattern_of(config.get("alpha_pattern"), targets,
+                                                       names, float))
     if kind == "IA3":
         targets = frozenset(m for m, (hf, _) in names.items()
                             if _matches(hf, config["target_modules"]))
@@ -88,12 +105,18 @@ def spec_of(config: dict[str, Any], names: dict[str, tuple], source: str) -> Pef
                      "PROMPT_TUNING, PREFIX_TUNING)")
 
 
+def _from_json(field: str, value):
+    """A PeftSpec field back from JSON: patterns are ((path, value), ...), lists frozensets."""
+    if field.endswith("_pattern"):
+        return tuple((path, v) for path, v in value)
+    return frozenset(value) if isinstance(value, list) else value
+
+
 def read(adapter_dir: pathlib.Path, family, module) -> tuple[PeftSpec, dict]:
     """(PeftSpec, adapter) of a PEFT or lmx adapter folder for this (PEFT-free) module."""
     if (adapter_dir / LMX_CONFIG).is_file():
         config = json.loads((adapter_dir / LMX_CONFIG).read_text())
-        spec = PeftSpec(**{k: frozenset(v) if isinstance(v, list) else v
-                           for k, v in config["peft"].items()})
+        spec = PeftSpec(**{k: _from_json(k, v) for k, v in config["peft"].items()})
         return spec, {"format": "lmx", "tensors": core.read_tensors(adapter_dir, "adapter_model")}
     if not (adapter_dir / PEFT_CONFIG).is_file():
         raise FileNotFoundError(f"{adapter_dir}: neither {PEFT_CONFIG} nor {LMX_CONFIG}")
@@ -134,12 +157,16 @@ def _peft_to_lmx(module, family, tensors, expected, source) -> dict[str, np.ndar
         if spec.is_lora_target(tuple(lmx_module.split("/"))):
             flat[f"peft/{lmx_module}/lora_a"] = tensors[f"{hf}.lora_A.weight"].T
             flat[f"peft/{lmx_module}/lora_b"] = split(tensors[f"{hf}.lora_B.weight"], 0).T
+            if spec.lora_dora:  # the norm is per output feature: a fused module splits
+                flat[f"peft/{lmx_module}/lora_magnitude"] = split(
+                    tensors[f"{hf}.lora_magnitude_vector"], 0)
         mode = spec.ia3_mode(tuple(lmx_module.split("/")))
         if mode:
             scale = tensors[f"{hf}.ia3_l"].reshape(-1)
             flat[f"peft/{lmx_module}/ia3"] = scale if mode == "input" else split(scale, 0)
     for name in {f"{hf}.{s}" for hf, _ in names.values() for s in ("lora_A.weight",
-                                                                  "lora_B.weight", "ia3_l")}:
+                                                                  "lora_B.weight", "ia3_l",
+                                                                  "lora_magnitude_vector")}:
         tensors.pop(name, None)
     flat |= _heads_to_lmx(module, family, tensors, expected, source)
     return flat
@@ -239,7 +266,7 @@ def _lmx_to_peft(module, family, peft_vars: dict, kind: str) -> tuple[dict, dict
 
 def _dense_to_peft(module, family, flat: dict, kind: str) -> tuple[dict, dict]:
     """LoRA / IA3 tensors per HF module; IA3 on a fused module fills untargeted parts with 1."""
-    spec, tensors, targets, feedforward = module.peft, {}, set(), set()
+    spec, tensors, targets, feedforward, hf_names = module.peft, {}, set(), set(), {}
     fused: dict[str, dict[int, np.ndarray]] = {}
     for lmx_module, (hf, part) in hf_modules(family, module).items():
         path = tuple(lmx_module.split("/"))
@@ -249,7 +276,10 @@ def _dense_to_peft(module, family, flat: dict, kind: str) -> tuple[dict, dict]:
                                  "not one PEFT LoRA; save it in lmx's format")
             tensors[f"{hf}.lora_A.weight"] = flat[f"peft/{lmx_module}/lora_a"].T
             tensors[f"{hf}.lora_B.weight"] = flat[f"peft/{lmx_module}/lora_b"].T
+            if spec.lora_dora:
+                tensors[f"{hf}.lora_magnitude_vector"] = flat[f"peft/{lmx_module}/lora_magnitude"]
             targets.add(hf)
+            hf_names[lmx_module] = hf
         mode = spec.ia3_mode(path) if kind == "IA3" else ""
         if mode:
             scale = flat[f"peft/{lmx_module}/ia3"]
@@ -268,7 +298,10 @@ def _dense_to_peft(module, family, flat: dict, kind: str) -> tuple[dict, dict]:
     if kind == "LORA":
         config = dict(r=spec.lora_rank, lora_alpha=spec.lora_alpha,
                       lora_dropout=spec.lora_dropout, use_rslora=spec.lora_rslora,
-                      target_modules=sorted(targets), bias="none", use_dora=False)
+                      target_modules=sorted(targets), bias="none", use_dora=spec.lora_dora,
+                      # full module names: PEFT's `(.*\.)?(key)$` matches each only itself
+                      rank_pattern={hf_names[m]: r for m, r in spec.lora_rank_pattern},
+                      alpha_pattern={hf_names[m]: a for m, a in spec.lora_alpha_pattern})
     else:
         config = dict(target_modules=sorted(targets), feedforward_modules=sorted(feedforward))
     config["fan_in_fan_out"] = getattr(family, "FAN_IN_FAN_OUT", False)

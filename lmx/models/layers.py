@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from lmx import quant
-from lmx.peft import NO_PEFT, PEFT, PeftSpec
+from lmx.peft import NO_PEFT, PEFT, PeftSpec, dora_norm, lora_delta
 from lmx.scale import sharding as ax
 
 Dtype = Any
@@ -152,6 +152,18 @@ def _peft_variable(module: nn.Module, name: str, init: Callable, shape, axes):
         PEFT, name, lambda: boxed_init(module.make_rng("params"), shape)).value
 
 
+def _dora_update(module: nn.Module, kernel, a, b, path, base_BO, update_BO) -> jax.Array:
+    """PEFT's DoRA term added to the base output: `(c - 1) x W + c s x A B` with
+    `c = m / ||W + s A B||` (the norm detached); the magnitude `m` starts at `||W||`
+    (`lmx.peft.init_from_base` recomputes it once pretrained weights are laid in)."""
+    delta = lora_delta({"lora_a": a, "lora_b": b}, module.peft.lora_scale_of(path))
+    magnitude_O = _peft_variable(
+        module, "lora_magnitude", lambda key, shape: dora_norm(kernel, delta).astype(
+            jnp.float32).reshape(shape), (kernel.shape[-1],), (None,))
+    scale_O = magnitude_O / dora_norm(kernel, delta)  # (B, O) when the adapters are per row
+    return scale_features(base_BO, scale_O - 1.0) + scale_features(update_BO, scale_O)
+
+
 class Dense(nn.Module):
     """`y = x @ W + b` over the last axis, plus a LoRA update when this module is a target.
 
@@ -189,7 +201,7 @@ class Dense(nn.Module):
             scale_I = _peft_variable(self, "ia3", nn.initializers.ones, (in_features,),
                                      (None,))  # PEFT vectors are replicated (issue 5)
             x_BI = scale_features(x_BI, scale_I)
-        y_BO = any_matmul(x_BI, kernel_IO, self.dtype)
+        y_BO = xw_BO = any_matmul(x_BI, kernel_IO, self.dtype)
         if self.use_bias:
             bias_O = self._weight("bias", nn.initializers.zeros, (self.features,),
                                   self.axes[1:])
@@ -199,14 +211,19 @@ class Dense(nn.Module):
                                      (None,))
             y_BO = scale_features(y_BO, scale_O)
         if self.peft.is_lora_target(self.scope.path):
-            rank = self.peft.lora_rank
+            path, rank = self.scope.path, self.peft.lora_rank_of(self.scope.path)
             a_IR = _peft_variable(self, "lora_a", lora_a_init, (in_features, rank),
                                   (self.axes[0], ax.RANK))
             b_RO = _peft_variable(self, "lora_b", nn.initializers.zeros, (rank, self.features),
                                   (ax.RANK, self.axes[1]))
-            x_BI = Dropout(self.peft.lora_dropout)(x_BI, deterministic=deterministic)
-            update_BO = any_matmul(any_matmul(x_BI, a_IR, self.dtype), b_RO, self.dtype)
-            y_BO = y_BO + self.peft.lora_scale * update_BO
+            dropped_BI = Dropout(self.peft.lora_dropout)(x_BI, deterministic=deterministic)
+            update_BO = self.peft.lora_scale_of(path) * any_matmul(
+                any_matmul(dropped_BI, a_IR, self.dtype), b_RO, self.dtype)
+            if self.peft.lora_dora:
+                base_BO = xw_BO if dropped_BI is x_BI else any_matmul(dropped_BI, kernel_IO,
+                                                                     self.dtype)
+                update_BO = _dora_update(self, kernel_IO, a_IR, b_RO, path, base_BO, update_BO)
+            y_BO = y_BO + update_BO
         return y_BO
 
 
@@ -244,14 +261,18 @@ class Conv(nn.Module):
             shape)
         y = self._conv(x_BHWC, kernel, self.strides)
         if self.peft.is_lora_target(self.scope.path):
-            rank = self.peft.lora_rank
+            rank = self.peft.lora_rank_of(self.scope.path)
             a = _peft_variable(self, "lora_a", lora_a_init, (*self.kernel_size, in_channels, rank),
                                (None, None, ax.CONV_IN, ax.RANK))
             b = _peft_variable(self, "lora_b", nn.initializers.zeros, (1, 1, rank, self.features),
                                (None, None, ax.RANK, ax.CONV_OUT))
-            x_BHWC = Dropout(self.peft.lora_dropout)(x_BHWC, deterministic=deterministic)
-            update = self._conv(self._conv(x_BHWC, a, self.strides), b, (1, 1))
-            y = y + self.peft.lora_scale * update
+            dropped = Dropout(self.peft.lora_dropout)(x_BHWC, deterministic=deterministic)
+            update = self.peft.lora_scale_of(self.scope.path) * self._conv(
+                self._conv(dropped, a, self.strides), b, (1, 1))
+            if self.peft.lora_dora:
+                base = y if dropped is x_BHWC else self._conv(dropped, kernel, self.strides)
+                update = _dora_update(self, kernel, a, b, self.scope.path, base, update)
+            y = y + update
         return y
 
 

@@ -240,6 +240,7 @@ def create(config: ml_collections.ConfigDict, num_labels: int, mesh, rules,
     variables = flax.core.unfreeze(variables)
     if loaded is not None:
         variables = _overlay(variables, shardings, quantize_loaded(loaded, spec), model_dir)
+        variables = peft_lib.init_from_base(variables, spec)
     return Model(module, variables, shardings, flax.core.unfreeze(boxed), model_dir)
 
 
@@ -276,7 +277,8 @@ def build(config: ml_collections.ConfigDict, num_labels: int, *, mesh, rules,
     model = create(config, num_labels, mesh, rules, init_rng, vocab_size, abstract)
     labels = trainable_labels(config, model.variables)
     _check_quantized_frozen(labels)
-    tx = optim.make_optimizer(config.train, labels, total_steps)
+    plus_ratio = config.peft.lora.plus_lr_ratio if config.peft.method == "lora" else 0.0
+    tx = optim.make_optimizer(config.train, labels, total_steps, plus_ratio)
     opt_shardings = sharding.logical_to_shardings(
         nn.get_partition_spec(jax.eval_shape(tx.init, learnable(model.abstract))), mesh, rules)
     replicated = sharding.replicated(mesh)
