@@ -74,13 +74,14 @@ def _bert_folder(folder, **sizes):
 
 
 @pytest.mark.parametrize("other, message", [
-    ({"embed_dim": 48, "head_dim": 12}, r" does not fit the model: unknown or mis-shaped "
-     r"\['peft/layer_0/attention/query/lora_a: \(32, 4\) vs \(48, 4\)"),
-    ({"num_layers": 1}, r": tensors lmx cannot place: \['encoder\.layer\.1\.attention\.self"
-     r"\.query\.lora_A\.weight'"),
-    ({"num_layers": 3}, r" does not fit the model \(an adapter for another base\?\): its "
-     r"adapter_config\.json targets modules it holds no tensors for: \['encoder\.layer\.2\."
-     r"attention\.self\.query\.lora_A\.weight'"),
+    ({"embed_dim": 48, "head_dim": 12}, (r" does not fit the model: unknown or mis-shaped "
+                                         r"\['peft/layer_0/attention/query/lora_a: \(32, 4\) vs "
+                                         r"\(48, 4\)")),
+    ({"num_layers": 1}, (r": tensors lmx cannot place: \['encoder\.layer\.1\.attention\.self"
+                         r"\.query\.lora_A\.weight'")),
+    ({"num_layers": 3}, (r" does not fit the model \(an adapter for another base\?\): its "
+                         r"adapter_config\.json targets modules it holds no tensors for: "
+                         r"\['encoder\.layer\.2\.attention\.self\.query\.lora_A\.weight'")),
 ], ids=["wider", "shallower", "deeper"])
 def test_peft_adapter_folder_for_another_base_names_the_folder_and_the_key(tmp_path, other,
                                                                            message):
