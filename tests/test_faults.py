@@ -1,21 +1,26 @@
 """Bad input -> the error a user sees (the README's fault table, one test per row): each error
 names the file, line, key or step, and a failed checkpoint save loses nothing committed."""
 import errno
+import json
 import os
 import re
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tokenizers
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 from test_checkpoint import _saved, _state
-from test_tasks import _base, _tiny_bert_folder
+from test_tasks import WORDS, _base, _tiny_bert_folder
 
 import lmx.hf
-from lmx import tasks
-from lmx.hf import core as hf_core
+from lmx import peft as peft_lib, tasks
+from lmx.hf import adapters, core as hf_core
+from lmx.models import transformer
 from lmx.train import checkpoint, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +62,46 @@ def test_resuming_with_another_base_names_the_checkpoint_and_both_bases(tmp_path
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoints/1 belongs to base_sha256="
                                          r"'[0-9a-f]{64}', not '[0-9a-f]{64}': refusing"):
         loop.run(c, str(tmp_path / "run"))
+
+
+def _bert_folder(folder, **sizes):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    module = transformer.Transformer(transformer.size("bert-tiny", vocab_size=len(vocab),
+                                                      **sizes), task="hidden")
+    variables = nn.unbox(module.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32)))
+    lmx.hf.save_pretrained(module, jax.tree.map(np.asarray, dict(variables)), folder)
+    return folder
+
+
+@pytest.mark.parametrize("other, message", [
+    ({"embed_dim": 48, "head_dim": 12}, (r" does not fit the model: unknown or mis-shaped "
+                                         r"\['peft/layer_0/attention/query/lora_a: \(32, 4\) vs "
+                                         r"\(48, 4\)")),
+    ({"num_layers": 1}, (r": tensors lmx cannot place: \['encoder\.layer\.1\.attention\.self"
+                         r"\.query\.lora_A\.weight'")),
+    ({"num_layers": 3}, (r" does not fit the model \(an adapter for another base\?\): its "
+                         r"adapter_config\.json targets modules it holds no tensors for: "
+                         r"\['encoder\.layer\.2\.attention\.self\.query\.lora_A\.weight'")),
+], ids=["wider", "shallower", "deeper"])
+def test_peft_adapter_folder_for_another_base_names_the_folder_and_the_key(tmp_path, other,
+                                                                           message):
+    """A HF PEFT LoRA folder saved on a 2-layer, 32-wide bert-tiny, loaded onto another base
+    with lmx.hf (target_modules by suffix, as PEFT users write them: the deeper base's third
+    layer matches, and the folder has no tensor for it)."""
+    module, _ = lmx.hf.from_pretrained(_bert_folder(tmp_path / "base"), task="hidden")
+    module = module.clone(peft=peft_lib.PeftSpec(lora_rank=4, lora_alpha=8.0, lora_targets=(
+        frozenset(f"layer_{i}/attention/{m}" for i in range(2) for m in ("query", "value")))))
+    peft_vars = nn.unbox(module.init(jax.random.key(1), jnp.ones((1, 8), jnp.int32)))["peft"]
+    adapter = tmp_path / "adapter"
+    lmx.hf.save_adapter(module, {"peft": peft_vars}, adapter)
+    config = adapter / adapters.PEFT_CONFIG
+    saved = json.loads(config.read_text())
+    assert len(saved["target_modules"]) == 4  # layers 0 and 1, by full name
+    config.write_text(json.dumps({**saved, "target_modules": ["query", "value"]}))
+    lmx.hf.from_pretrained(tmp_path / "base", task="hidden", adapter=adapter)  # its own base
+    with pytest.raises(ValueError, match=re.escape(str(adapter)) + message):
+        lmx.hf.from_pretrained(_bert_folder(tmp_path / "other", **other), task="hidden",
+                               adapter=adapter)
 
 
 def test_config_override_of_the_wrong_type_names_the_flag(tmp_path):

@@ -212,21 +212,30 @@ def test_popularity_baseline_by_hand():
 
 # --- end to end --------------------------------------------------------------------------
 
-def test_run_writes_ranking_metrics_and_the_baseline(tmp_path):
+# Measured (2-core AMD EPYC; cyclic walks: the next item is always the last one + 1), 60
+# steps at lr 1e-2: ndcg@10 0.568 / 0.634 (validation / test) vs popularity 0.208 / 0.279,
+# hr@1 0.225 / 0.35 vs 0.025 / 0.05. Each margin is about half the smaller gap.
+RECSYS_STEPS, NDCG_MARGIN, HR1_MARGIN = 60, 0.17, 0.1
+
+
+def test_run_learns_the_planted_walk_and_beats_the_popularity_baseline(tmp_path):
     path = _write_ratings(tmp_path / "ratings.csv", _cyclic_ratings())
     config = _config(path)
     config.train.batch_size = config.train.eval_batch_size = 16
-    config.train.num_steps = 4
+    config.train.num_steps, config.train.learning_rate = RECSYS_STEPS, 1e-2
+    config.train.eval_every = 1000  # one evaluation, at the end
     workdir = str(tmp_path / "run")
     loop.run(config, workdir)
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)
     for split in ("validation", "test"):
-        assert 0 <= results[split]["hr@1"] <= results[split]["hr@10"] <= 1
-        assert 0 <= results[split]["ndcg@10"] <= results[split]["hr@10"]
-        baseline = results["popularity_baseline"][split]
+        got, baseline = results[split], results["popularity_baseline"][split]
+        print(split, {k: round(v, 3) for k, v in got.items()}, "popularity",
+              {k: round(v, 3) for k, v in baseline.items()})
         assert set(baseline) == {"hr@1", "hr@10", "ndcg@10"}
-    assert results["headline"]["name"] == "ndcg@10" and results["step"] == 4
+        assert got["ndcg@10"] > baseline["ndcg@10"] + NDCG_MARGIN, (split, got, baseline)
+        assert got["hr@1"] > baseline["hr@1"] + HR1_MARGIN, (split, got, baseline)
+    assert results["headline"]["name"] == "ndcg@10" and results["step"] == RECSYS_STEPS
     assert os.path.exists(os.path.join(workdir, "curves.png"))
 
 

@@ -151,6 +151,10 @@ def _peft_to_lmx(module, family, tensors, expected, source) -> dict[str, np.ndar
         flat["peft/embed/prompt"] = tensors.pop("prompt_embeddings")
     if spec.num_prefix_tokens:
         flat |= _prefix_to_lmx(tensors.pop("prompt_embeddings"), module.cfg)
+    missing = _untargeted(spec, names, tensors)
+    if missing:  # e.g. target_modules=["query"] saved from a shallower base
+        raise ValueError(f"{source} does not fit the model (an adapter for another base?): "
+                         f"its {PEFT_CONFIG} targets modules it holds no tensors for: {missing}")
     for lmx_module, (hf, part) in names.items():
         i, n = part or (0, 1)
         split = lambda x, axis: np.split(x, n, axis=axis)[i]
@@ -170,6 +174,18 @@ def _peft_to_lmx(module, family, tensors, expected, source) -> dict[str, np.ndar
         tensors.pop(name, None)
     flat |= _heads_to_lmx(module, family, tensors, expected, source)
     return flat
+
+
+def _untargeted(spec, names, tensors) -> list[str]:
+    """The tensor names this model's targeted modules need that the adapter lacks."""
+    wanted = set()
+    for lmx_module, (hf, _) in names.items():
+        path = tuple(lmx_module.split("/"))
+        if spec.is_lora_target(path):
+            wanted |= {f"{hf}.lora_A.weight", f"{hf}.lora_B.weight"}
+        if spec.ia3_mode(path):
+            wanted.add(f"{hf}.ia3_l")
+    return sorted(wanted - set(tensors))
 
 
 def _prefix_to_lmx(embeddings: np.ndarray, cfg) -> dict[str, np.ndarray]:
