@@ -4,7 +4,6 @@ rows, train like one process that tokenizes everything in memory: the same loss 
 step and the same final weights, straight and preempted + resumed; later runs read the cache
 without tokenizing."""
 import json
-import time
 
 import jax
 import numpy as np
@@ -68,18 +67,15 @@ def _assert_same_training(run, reference):
 
 def test_two_processes_with_host_input_train_and_resume_like_one_process(
         tmp_path, jax_cache, text_data):
-    start = time.perf_counter()
     reference = tmp_path / "one_process"  # host_input off: every record tokenized in memory
     code, _, err = _finish(launch(reference, jax_cache, *_flags(text_data)))
     assert code == 0, err[-3000:]
     data = {**text_data, "data.token_cache": tmp_path / "cache"}
 
-    print("reference run", time.perf_counter() - start)
     straight = _both(tmp_path / "straight", jax_cache, data)
     for p, (_, _, err) in enumerate(straight):  # each tokenized its half, once
         assert f"share {p} of 2 tokenized ({NUM_TRAIN // 2} records)" in err, err[-3000:]
     _assert_same_training(tmp_path / "straight", reference)
-    print("straight 2-process run", time.perf_counter() - start)
 
     resumed = tmp_path / "resumed"  # a preemption notice after step 3, then a restart
     (_, out0, err0), (_, _, err1) = _both(resumed, jax_cache, data, fault="step:3:TERM",
