@@ -51,9 +51,6 @@ class JsonRecords:
     def __getitem__(self, i: int) -> dict:
         return json.loads(self.source[i])
 
-    def __getitems__(self, indices) -> list[dict]:
-        return [json.loads(b) for b in self.source.__getitems__(indices)]
-
 
 def measure(path: str, mode: str, process: int, processes: int) -> dict:
     from lmx.data import examples, hostdata  # noqa: PLC0415

@@ -82,21 +82,13 @@ def write_share(records: Sequence, encode: Encode, cache_dir: str | os.PathLike,
     try:
         for lo in range(0, len(mine), chunk_size):
             indices = mine[lo:lo + chunk_size]
-            _append(files, fields, [encode(r) for r in read_many(records, indices)],
-                    indices, tmp)
+            _append(files, fields, [encode(records[i]) for i in indices], indices, tmp)
     finally:
         for f in files.values():
             f.close()
     (tmp / "fields.json").write_text(json.dumps(fields))
     os.replace(tmp, out)  # the share appears whole or not at all
     return len(mine)
-
-
-def read_many(records: Sequence, indices: Sequence[int]) -> list:
-    """`records[i]` for each index, in one `__getitems__` call where the source has one (an
-    ArrayRecord data source then reads a chunk at once, not record by record)."""
-    many = getattr(records, "__getitems__", None)
-    return list(many(list(indices))) if many else [records[i] for i in indices]
 
 
 def _append(files: dict, fields: dict, rows: list[dict], indices: range,
@@ -177,11 +169,6 @@ class First:
         if not 0 <= i < self.size:
             raise IndexError(f"record {i} of the first {self.size}")
         return self.records[i]
-
-    def __getitems__(self, indices: Sequence[int]) -> list:
-        if any(not 0 <= i < self.size for i in indices):
-            raise IndexError(f"records {list(indices)[:5]}... of the first {self.size}")
-        return read_many(self.records, indices)
 
 
 def cached_share(records: Sequence, encode: Encode, cache_dir: str | os.PathLike, key: str

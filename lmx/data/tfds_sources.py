@@ -106,13 +106,6 @@ class Source:
         return self._to_record(self._source[index], self._features,
                                f"tfds {self.name}[{self.split}][{index}]")
 
-    def __getitems__(self, indices) -> list[Record]:
-        """Several records in one read of the data source (ArrayRecord reads them together)."""
-        rows = self._source.__getitems__(list(indices)) if hasattr(
-            self._source, "__getitems__") else [self._source[i] for i in indices]
-        return [self._to_record(row, self._features, f"tfds {self.name}[{self.split}][{i}]")
-                for row, i in zip(rows, indices)]
-
     def records(self) -> list[Record]:
         return [self[i] for i in range(len(self))]
 
