@@ -128,6 +128,14 @@ def base_config() -> ml_collections.ConfigDict:
         system_prompt="",
         max_train_examples=0,  # > 0: train on the first N training examples only (a labelled
         # budget; windows of max_length + 1 tokens for a causal LM); results.json records it
+        # Per-host input (text sequence classification: CSV / TSV / JSONL / tfds): each
+        # process tokenizes only its share of the training records (i % processes) into
+        # token_cache ("" = WORKDIR/token_cache; every process must see it), once: a
+        # later or resumed run reads it without tokenizing; each process then batches only
+        # its rows of every global batch (the batches of a one-process run). Needs
+        # labels_file and a validation file / split; validation and test are read whole.
+        host_input=False,
+        token_cache="",
     ))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -284,6 +292,26 @@ def _pack_errors(flat: dict) -> list[str]:
     return []
 
 
+def _host_input_errors(flat: dict) -> list[str]:
+    if not flat["data.host_input"]:
+        return [f"config.data.token_cache={flat['data.token_cache']!r} is read only with "
+                "data.host_input=True"] if flat["data.token_cache"] else []
+    where = "config.data.host_input=True"
+    if flat["model.task"] != "sequence_classification" or flat["data.kind"] != \
+            "csv_classification":
+        return [f"{where} is for text sequence classification (data.kind="
+                f"'csv_classification'), not model.task={flat['model.task']!r} with "
+                f"data.kind={flat['data.kind']!r}"]
+    errors = [f"{where} needs {need}" for need, bad in (
+        ("data.labels_file (the label set without reading every record)",
+         not flat["data.labels_file"]),
+        ("data.validation_file or data.validation_split (a carve reads every label)",
+         not (flat["data.validation_file"] or flat["data.validation_split"])),
+        ("data.pack_length=0 (packing reads every example of a step)",
+         flat["data.pack_length"])) if bad]
+    return errors
+
+
 def _value_errors(flat: dict) -> list[str]:
     from lmx.scale import sharding  # noqa: PLC0415
     choices = dict(CHOICES, **{"peft.method": peft.METHODS,
@@ -296,6 +324,7 @@ def _value_errors(flat: dict) -> list[str]:
     if family is None:
         return errors
     errors += _unread_errors(flat, family) + _peft_errors(flat) + _pack_errors(flat)
+    errors += _host_input_errors(flat)
     errors += [f"config.{k}={flat[k]!r} must be > 0" for k in POSITIVE if not flat[k] > 0]
     errors += [f"config.{k}={flat[k]!r} must be >= 0" for k in NON_NEGATIVE if not flat[k] >= 0]
     if not flat["train.num_steps"] and not flat["train.num_epochs"]:

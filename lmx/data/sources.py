@@ -68,10 +68,16 @@ def local_file(path: str) -> str:
 
 def tfds_records(path: str, split: str, d: ml_collections.ConfigDict) -> list[dict]:
     """The lmx records of one split of "tfds:NAME" (lmx.data.tfds_sources; data.tfds_dir)."""
+    return tfds_source(path, split, d).records()
+
+
+def tfds_source(path: str, split: str, d: ml_collections.ConfigDict):
+    """One split of "tfds:NAME" as a random-access sequence of lmx records, read one index
+    at a time (a process reads only the records it asks for)."""
     from lmx.data import tfds_sources  # noqa: PLC0415
     if not split:
         raise ValueError(f"{path}: a tfds dataset needs a split name (data.*_split)")
-    return tfds_sources.load(path[len(TFDS):], split, data_dir=d.tfds_dir or None).records()
+    return tfds_sources.load(path[len(TFDS):], split, data_dir=d.tfds_dir or None)
 
 
 def read_ratings(path: str, split: str, d: ml_collections.ConfigDict) -> dict[str, np.ndarray]:

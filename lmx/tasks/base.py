@@ -5,6 +5,7 @@ A task answers:
   load(config, workdir) -> Datasets      every split read, tokenized once
   steps_per_epoch(split, batch_size)
   train_batches(split, start_step)       endless, a pure function of (seed, step): exact resume
+                                         (rows=: one process's rows, data.host_input)
   eval_batches(split)                    -> (device batch, host-only info) pairs
   outputs(logits, batch)                 traced inside the jitted eval step
   scores(split, collected)               -> {"metric": value}
@@ -64,17 +65,21 @@ class Task:
         return batching.steps_per_epoch(split, batch_size, pack_length=self._pack_length(),
                                         whole_examples=True)
 
-    def train_batches(self, split, start_step: int) -> Iterator[dict]:
-        return self.bucketed_batches(split, start_step)
+    def train_batches(self, split, start_step: int, rows: slice | None = None
+                      ) -> Iterator[dict]:
+        """`rows`: only this process's rows of each global batch (data.host_input)."""
+        return self.bucketed_batches(split, start_step, rows=rows)
 
-    def bucketed_batches(self, split, start_step: int, transform=None) -> Iterator[dict]:
+    def bucketed_batches(self, split, start_step: int, transform=None,
+                         rows: slice | None = None) -> Iterator[dict]:
         """The one batcher (`lmx.data.batching.train_batches`) with this run's settings."""
         c = self.config
         return batching.train_batches(split, c.train.batch_size, seed=c.seed,
                                       start_step=start_step, pad_id=self.pad_id,
                                       pad_multiple=c.data.pad_multiple,
                                       bucket_batches=c.data.bucket_batches, transform=transform,
-                                      pack_length=self._pack_length(), whole_examples=True)
+                                      pack_length=self._pack_length(), whole_examples=True,
+                                      rows=rows)
 
     def eval_batches(self, split) -> Iterator[tuple[dict, dict]]:
         return eval_token_batches(self, split)

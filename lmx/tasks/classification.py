@@ -1,13 +1,14 @@
 """One label per text or image: CSV / TSV / JSONL, PhraseBank, CLINC150, tfds, images."""
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import jax
 import numpy as np
 
 from lmx import metrics, report
-from lmx.data import batching, examples as data, readers, sources
+from lmx.data import batching, examples as data, hostdata, readers, sources
 from lmx.models import families
 from lmx.tasks.base import Datasets, Task, export_hf
 
@@ -51,16 +52,21 @@ class SequenceClassification(Task):
         if d.kind == "images":
             return self._load_images(config)
         tokenizer, folder = sources.tokenizer_for(config, workdir)
-        train_rows = self._rows(d.train_file, d.train_split)
-        names = (readers.read_label_names(d.labels_file) if d.labels_file
-                 else sorted(set(train_rows[1])))
+        if d.host_input:  # this process tokenizes only its share (labels_file is required)
+            names = readers.read_label_names(d.labels_file)
+            train = self._host_train(tokenizer, folder, names, workdir)
+        else:
+            train_rows = self._rows(d.train_file, d.train_split)
+            names = (readers.read_label_names(d.labels_file) if d.labels_file
+                     else sorted(set(train_rows[1])))
 
         def encode(texts, label_strings, lines, path):
             label_array = data.label_ids(label_strings, names, path, lines)  # before tokenizing
             ids, types = data.tokenize(tokenizer, texts, d.max_length)
             return data.Examples(ids, types, label_array)
 
-        train = encode(*train_rows, d.train_file)
+        if not d.host_input:
+            train = encode(*train_rows, d.train_file)
         if d.validation_file or d.validation_split:
             path = d.validation_file or d.train_file
             validation = encode(*self._rows(path, d.validation_split), path)
@@ -70,6 +76,34 @@ class SequenceClassification(Task):
         if d.test_file:
             test = encode(*self._rows(d.test_file, d.test_split), d.test_file)
         return Datasets(train, validation, test, names, tokenizer.pad_id, tokenizer=tokenizer)
+
+    def _host_train(self, tokenizer, folder, names: list[str], workdir: str):
+        """The training split through the per-host token cache (lmx.data.hostdata): this
+        process encodes records i % P == p (a tfds split is read record by record, so only
+        those), unless its share is cached; then every share, memory-mapped."""
+        d = self.config.data
+        if d.train_file.startswith(sources.TFDS):
+            records = sources.tfds_source(d.train_file, d.train_split, d)
+            where = f"{d.train_file}[{d.train_split}]"
+        else:
+            texts, labels, lines = self._rows(d.train_file, d.train_split)
+            records = [(t, y, n) for t, y, n in zip(texts, labels, lines or [None] * len(texts))]
+            where = f"{d.train_file} ({os.path.getsize(sources.local_file(d.train_file))} bytes)"
+        if d.max_train_examples:  # the first N, as loop._first keeps them
+            records = hostdata.First(records, d.max_train_examples)
+
+        def encode(record) -> dict:
+            text, label, line = ((record["text"], record["label"], None)
+                                 if isinstance(record, dict) else record)
+            label_id, = data.label_ids([label], names, d.train_file, None if line is None
+                                       else [line])
+            (ids,), (types,) = data.tokenize(tokenizer, [text], d.max_length)
+            return {"ids": ids, "token_types": types, "labels": label_id}
+
+        key = (f"{where} n={len(records)} tokenizer={folder or d.tokenizer} "
+               f"max_length={d.max_length} labels={names}")
+        return hostdata.cached_share(records, encode, d.token_cache or os.path.join(
+            workdir, "token_cache"), key)
 
     @staticmethod
     def _load_images(config) -> Datasets:

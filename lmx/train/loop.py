@@ -76,8 +76,7 @@ class Trainer:
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """A global batch (the same on every host) -> global arrays fed by each host's rows."""
-        return distributed.global_batch(
-            batch, lambda ndim: sharding.batch_sharding(self.mesh, self.rules, ndim))
+        return distributed.global_batch(batch, self._batch_sharding)
 
     def collect(self, split) -> list[tuple[dict, dict]]:
         """(host info, eval-step outputs) for every batch of a split."""
@@ -97,8 +96,23 @@ class Trainer:
         return {"loss": loss_sum / max(count, 1.0), **self.task.scores(split, collected),
                 **self.task.generated_scores(self, split)}
 
+    def _batch_sharding(self, ndim: int):
+        return sharding.batch_sharding(self.mesh, self.rules, ndim)
+
     def train_stream(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-        return self.task.train_batches(self.datasets["train"], start_step)
+        """Global training batches, or with data.host_input only this process's rows."""
+        if not self.config.data.host_input:
+            return self.task.train_batches(self.datasets["train"], start_step)
+        rows = distributed.process_rows(self._batch_sharding(2),
+                                        (self.config.train.batch_size, 1))
+        return self.task.train_batches(self.datasets["train"], start_step, rows=rows)
+
+    def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """A `train_stream` batch -> global arrays (host input: each process's own rows)."""
+        if self.config.data.host_input:
+            return distributed.host_batch(batch, self._batch_sharding,
+                                          self.config.train.batch_size)
+        return self.device_batch(batch)
 
     def inference_variables(self) -> dict:
         """The trained model's variables (params + peft + model state), for generation/export."""
@@ -278,7 +292,7 @@ def _train(trainer: Trainer, mgr: checkpoint.Manager, writer, start: int
             nn.logical_axis_rules(trainer.rules):
         for done in range(start + 1, total + 1):
             profile.before(done)
-            batch = trainer.device_batch(next(stream))
+            batch = trainer.train_batch(next(stream))
             flops = trainer.step_flops(trainer.state, trainer.frozen, batch)
             trainer.state, step_metrics = trainer.train_step(trainer.state, trainer.frozen, batch)
             log.push(step_metrics, done, flops)
