@@ -16,7 +16,7 @@ LAYERS = (
     ("models", ("lmx.models",)),
     ("interop", ("lmx.hf",)),
     ("data", ("lmx.data",)),
-    ("config", ("lmx.config",)),
+    ("config", ("lmx.config", "lmx.config_checks")),
     ("tasks", ("lmx.tasks",)),
     ("train", ("lmx.train.step", "lmx.train.mixed", "lmx.train.optim", "lmx.train.mfu",
                "lmx.train.checkpoint", "lmx.train.build",

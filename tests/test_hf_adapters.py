@@ -79,6 +79,12 @@ def test_peft_adapter_loads_with_equal_outputs_and_round_trips(method, family, t
     trained = {"peft": variables["peft"], "params": {"head": variables["params"]["head"]}} \
         if "classifier" in str(traverse_util.flatten_dict(variables["params"].get("head", {}))) \
         else {"peft": variables["peft"]}
+    assert round_trip(method, family, task, model, variables, trained, tmp_path) <= TOL
+
+
+def round_trip(method, family, task, model, variables, trained, tmp_path) -> float:
+    """Saves `trained` as a PEFT folder: lmx -> PEFT -> lmx must be exact; returns the max abs
+    error of PEFT's outputs with that folder loaded (tmp_path/base is the HF base)."""
     lmx.hf.save_adapter(model, trained, tmp_path / "again")
     model2, variables2 = lmx.hf.from_pretrained(tmp_path / "base", adapter=tmp_path / "again")
     assert model2.peft == model.peft
@@ -88,7 +94,7 @@ def test_peft_adapter_loads_with_equal_outputs_and_round_trips(method, family, t
         np.testing.assert_array_equal(flat[key], flat2[key], err_msg=str(key))
     base = HEADS[task].from_pretrained(tmp_path / "base").eval()
     reloaded = peft.PeftModel.from_pretrained(base, tmp_path / "again").eval()
-    assert compare(method, family, task, reloaded, model, variables) <= TOL
+    return compare(method, family, task, reloaded, model, variables)
 
 
 def _trained_lora(tmp_path, task="sequence_classification"):

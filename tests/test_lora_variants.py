@@ -6,8 +6,8 @@ import peft
 import pytest
 import torch
 from flax import traverse_util
-from test_hf_adapters import TASK_TYPES, compare
-from test_hf_models import HEADS, batch, reference
+from test_hf_adapters import TASK_TYPES, compare, round_trip
+from test_hf_models import batch, reference
 from test_training import _assert_unchanged, _steps
 
 import lmx.hf
@@ -68,16 +68,8 @@ def test_variant_loads_from_peft_and_exports_back(variant, family, task, tmp_pat
     print(f"{variant} {family}: PEFT -> lmx max abs error {error:.2e}")
     assert error <= TOL
 
-    lmx.hf.save_adapter(model, trained_part(variables), tmp_path / "again")
-    model2, variables2 = lmx.hf.from_pretrained(tmp_path / "base", adapter=tmp_path / "again")
-    assert model2.peft == model.peft
-    flat, flat2 = (traverse_util.flatten_dict(v) for v in (variables, variables2))
-    assert flat.keys() == flat2.keys()
-    for key in flat:
-        np.testing.assert_array_equal(flat[key], flat2[key], err_msg=str(key))
-    base = HEADS[task].from_pretrained(tmp_path / "base").eval()
-    reloaded = peft.PeftModel.from_pretrained(base, tmp_path / "again").eval()
-    error = compare("lora", family, task, reloaded, model, variables)
+    error = round_trip("lora", family, task, model, variables, trained_part(variables),
+                       tmp_path)
     print(f"{variant} {family}: lmx -> PEFT max abs error {error:.2e}")
     assert error <= TOL
 

@@ -248,8 +248,9 @@ def _save_lmx(spec: PeftSpec, variables: dict, out_dir: pathlib.Path) -> pathlib
                                        if k in variables}, sep="/")
     core.write_tensors({p: np.asarray(v) for p, v in flat.items()}, out_dir / WEIGHTS,
                        metadata={"format": "lmx"})
+    # the base's storage (QLoRA) is not the adapter's: an adapter loads on either base
     fields = {k: sorted(v) if isinstance(v, frozenset) else v
-              for k, v in spec.__dict__.items()}
+              for k, v in spec.__dict__.items() if k not in ("quantized", "quantization")}
     (out_dir / LMX_CONFIG).write_text(json.dumps({"peft": fields}, indent=2))
     return out_dir
 
