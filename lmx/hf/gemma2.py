@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmx.hf import llama
-from lmx.hf.core import HFTransformer, hf_extra_fields, label_fields, transformer_module
+from lmx.hf.core import hf_extra_fields, label_fields
 from lmx.models.transformer import TransformerConfig
 
 MODEL_TYPES = ("gemma2",)
@@ -52,10 +52,7 @@ def config(hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
     return TransformerConfig(**{**fields, **overrides})
 
 
-def build(hf: dict[str, Any], task: str, num_labels: int | None, peft_spec=None,
-          **overrides: Any) -> HFTransformer:
-    return transformer_module(config(hf, **overrides), hf, task, num_labels, peft_spec,
-                              MODEL_TYPES[0], "last")
+build = llama.builder(config, MODEL_TYPES[0])
 
 
 def to_hf_config(module) -> dict[str, Any]:

@@ -15,10 +15,30 @@ from lmx.hf.core import (HFTransformer, Rule, hf_extra_fields, label_fields, lin
                          strip_and_untie, text_inputs, transformer_module)
 from lmx.models.transformer import Transformer, TransformerConfig
 
+def architectures(name: str) -> dict[str, str]:
+    """lmx task -> HF class of a Llama-layout family (`name` "Llama": LlamaModel, ...)."""
+    return {"hidden": f"{name}Model", "causal_lm": f"{name}ForCausalLM",
+            "sequence_classification": f"{name}ForSequenceClassification",
+            "token_classification": f"{name}ForTokenClassification"}
+
+
+def builder(config_fn, model_type: str):
+    """A RoPE-decoder family's `build`: its `config_fn(hf, **overrides)` as a module that
+    pools the last token and records `model_type` (the family that writes it back)."""
+    def build(hf: dict[str, Any], task: str, num_labels: int | None, peft_spec=None,
+              **overrides: Any) -> HFTransformer:
+        return transformer_module(config_fn(hf, **overrides), hf, task, num_labels, peft_spec,
+                                  model_type, "last")
+    return build
+
+
+def require_silu(hf: dict[str, Any]) -> None:
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"config.json hidden_act={hf['hidden_act']!r} is not supported (silu)")
+
+
 MODEL_TYPES = ("llama",)
-ARCHITECTURES = {"hidden": "LlamaModel", "causal_lm": "LlamaForCausalLM",
-                 "sequence_classification": "LlamaForSequenceClassification",
-                 "token_classification": "LlamaForTokenClassification"}
+ARCHITECTURES = architectures("Llama")
 PREFIX = "model."
 _LAYER = {"attention/query": "self_attn.q_proj", "attention/key": "self_attn.k_proj",
           "attention/value": "self_attn.v_proj", "attention/out": "self_attn.o_proj",
@@ -94,17 +114,13 @@ def decoder_fields(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def config(hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"config.json hidden_act={hf['hidden_act']!r} is not supported (silu)")
+    require_silu(hf)
     if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
         raise ValueError("config.json attention_bias != mlp_bias is not supported")
     return TransformerConfig(**{**decoder_fields(hf), **overrides})
 
 
-def build(hf: dict[str, Any], task: str, num_labels: int | None, peft_spec=None,
-          **overrides: Any) -> HFTransformer:
-    return transformer_module(config(hf, **overrides), hf, task, num_labels, peft_spec,
-                              "llama", "last")
+build = builder(config, "llama")
 
 
 example_inputs = text_inputs

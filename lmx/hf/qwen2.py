@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from lmx.hf import llama
-from lmx.hf.core import HFTransformer, hf_extra_fields, label_fields, transformer_module
+from lmx.hf.core import hf_extra_fields, label_fields
 from lmx.models.transformer import TransformerConfig
 
 MODEL_TYPES = ("qwen2",)
-ARCHITECTURES = {"hidden": "Qwen2Model", "causal_lm": "Qwen2ForCausalLM",
-                 "sequence_classification": "Qwen2ForSequenceClassification",
-                 "token_classification": "Qwen2ForTokenClassification"}
+ARCHITECTURES = llama.architectures("Qwen2")
 owns = llama.owns_model_type(MODEL_TYPES)
 example_inputs, tensor_map, is_new_for_task = (llama.example_inputs, llama.tensor_map,
                                                llama.is_new_for_task)
@@ -19,17 +17,13 @@ read_hook, write_hook = llama.read_hook, llama.write_hook
 
 
 def config(hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"config.json hidden_act={hf['hidden_act']!r} is not supported (silu)")
+    llama.require_silu(hf)
     fields = llama.decoder_fields(hf) | llama.attention_pattern(hf) | dict(
         use_bias=False, qkv_bias=True)
     return TransformerConfig(**{**fields, **overrides})
 
 
-def build(hf: dict[str, Any], task: str, num_labels: int | None, peft_spec=None,
-          **overrides: Any) -> HFTransformer:
-    return transformer_module(config(hf, **overrides), hf, task, num_labels, peft_spec,
-                              MODEL_TYPES[0], "last")
+build = llama.builder(config, MODEL_TYPES[0])
 
 
 def to_hf_config(module) -> dict[str, Any]:

@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from lmx.hf import llama
-from lmx.hf.core import HFTransformer, hf_extra_fields, label_fields, transformer_module
+from lmx.hf.core import hf_extra_fields, label_fields
 from lmx.models.transformer import TransformerConfig
 
 MODEL_TYPES = ("qwen3",)
-ARCHITECTURES = {"hidden": "Qwen3Model", "causal_lm": "Qwen3ForCausalLM",
-                 "sequence_classification": "Qwen3ForSequenceClassification",
-                 "token_classification": "Qwen3ForTokenClassification"}
+ARCHITECTURES = llama.architectures("Qwen3")
 owns = llama.owns_model_type(MODEL_TYPES)
 example_inputs, tensor_map, is_new_for_task = (llama.example_inputs, llama.tensor_map,
                                                llama.is_new_for_task)
@@ -19,8 +17,7 @@ read_hook, write_hook = llama.read_hook, llama.write_hook
 
 
 def config(hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"config.json hidden_act={hf['hidden_act']!r} is not supported (silu)")
+    llama.require_silu(hf)
     fields = llama.decoder_fields(hf) | llama.attention_pattern(hf) | dict(
         use_bias=False, qkv_bias=False, qk_norm=True)
     if hf.get("attention_bias"):  # Qwen3's attention_bias covers q, k, v and o, not the MLP
@@ -28,10 +25,7 @@ def config(hf: dict[str, Any], **overrides: Any) -> TransformerConfig:
     return TransformerConfig(**{**fields, **overrides})
 
 
-def build(hf: dict[str, Any], task: str, num_labels: int | None, peft_spec=None,
-          **overrides: Any) -> HFTransformer:
-    return transformer_module(config(hf, **overrides), hf, task, num_labels, peft_spec,
-                              MODEL_TYPES[0], "last")
+build = llama.builder(config, MODEL_TYPES[0])
 
 
 def to_hf_config(module) -> dict[str, Any]:
