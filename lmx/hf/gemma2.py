@@ -10,9 +10,7 @@ from lmx.hf.core import hf_extra_fields, label_fields
 from lmx.models.transformer import TransformerConfig
 
 MODEL_TYPES = ("gemma2",)
-ARCHITECTURES = {"hidden": "Gemma2Model", "causal_lm": "Gemma2ForCausalLM",
-                 "sequence_classification": "Gemma2ForSequenceClassification",
-                 "token_classification": "Gemma2ForTokenClassification"}
+ARCHITECTURES = llama.architectures("Gemma2")
 owns = llama.owns_model_type(MODEL_TYPES)
 example_inputs, tensor_map, is_new_for_task = (llama.example_inputs, llama.tensor_map,
                                                llama.is_new_for_task)
