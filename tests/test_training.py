@@ -217,3 +217,20 @@ def test_resnet_lora_through_the_trainer_updates_batch_stats_keeps_base(tmp_path
                                   before), path
     for path, before in paths.flatten(frozen_before).items():
         np.testing.assert_array_equal(np.asarray(paths.flatten(trainer.frozen)[path]), before)
+
+
+def test_final_evaluation_pass_is_reused_by_the_tasks_report(tmp_path, monkeypatch):
+    """A classification run scores its validation split once at the end: `finish` (confusion
+    report) reuses that pass for the same state; a new state is evaluated afresh."""
+    config = tiny_synthetic.get_config("runlocal")
+    config.train.num_steps, config.train.eval_every = 3, 100
+    passes = []
+    from lmx.tasks.classification import SequenceClassification
+    real = SequenceClassification.eval_batches
+    monkeypatch.setattr(SequenceClassification, "eval_batches",
+                        lambda self, split: passes.append(len(split)) or real(self, split))
+    results = loop.run(config, str(tmp_path))
+    validation = results["data"]["validation_examples"]
+    assert passes.count(validation) == 1, passes
+    confusion = json.load(open(tmp_path / "confusion.json"))
+    assert confusion["examples"] == validation
