@@ -48,14 +48,14 @@ def lmx_side(args, folder):
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
-    import optax
-
     import lmx.hf
+    from lmx import config
     from lmx.adapters import mixed
     from lmx.hf import named
     from lmx.peft import PeftSpec
     from lmx.train.mixed import mixed_forward, mixed_train_step
-    from lmx.train.step import TrainState, train_step
+    from lmx.train import optim
+    from lmx.train.step import TrainState, merge, train_step
 
     base, variables = lmx.hf.from_pretrained(MINILM, task="hidden")
     ids_BT, mask_BT, rows = inputs(args)
@@ -80,9 +80,14 @@ def lmx_side(args, folder):
     np.save(os.path.join(folder, "lmx_hidden.npy"), hidden)
     infer_s = median_seconds(lambda: forward(stacked, batch).block_until_ready(), args.repeats)
 
-    # training: 8 adapters with 8-class heads, mixed, vs one adapter, same batch
-    cls = lmx.hf.from_pretrained(MINILM, task="sequence_classification", num_labels=8)[0]
-    tx = optax.adam(1e-3)
+    # training: 8 adapters with 8-class heads, mixed, vs one adapter, same batch; the frozen
+    # base is the classifier's (its pooler too), the optimizer lmx's own (AdamW on what
+    # trains, no state for the frozen base, no global-norm clip: it would couple adapters)
+    cls, cls_variables = lmx.hf.from_pretrained(MINILM, task="sequence_classification",
+                                                num_labels=8)
+    frozen = {"params": {k: v for k, v in cls_variables["params"].items() if k != "head"}}
+    train_config = config.base_config().train
+    train_config.grad_clip_norm = 0.0
     heads = {}
     for n in range(args.adapters):
         init = nn.unbox(cls.clone(peft=spec).init(jax.random.key(n), ids_BT[:1]))
@@ -93,10 +98,14 @@ def lmx_side(args, folder):
     tbatch = {**batch, "labels": labels, "weights": jnp.ones(args.batch)}
 
     def timed(step, module, trainable, **kw):
-        state = TrainState(step=jnp.array(0), trainable=trainable,
-                           opt_state=tx.init({**trainable, **frozen}), model_state={},
-                           rng=jax.random.key(0))
-        jitted = jax.jit(lambda s: step(s, frozen, tbatch, model=module, tx=tx, **kw)[0])
+        variables = merge(trainable, frozen)
+        trains = [r"peft/.*"] + ([r"params/head/.*"] if "params" in trainable else [])
+        tx = optim.make_optimizer(train_config, optim.trainable_labels(variables, trains),
+                                  total_steps=1000)
+        state = TrainState(step=jnp.array(0), trainable=trainable, opt_state=tx.init(variables),
+                           model_state={}, rng=jax.random.key(0))
+        jitted = jax.jit(lambda s: step(s, frozen, tbatch, model=module, tx=tx, **kw)[0],
+                         donate_argnums=0)
         box = [state]
 
         def run():
