@@ -58,6 +58,34 @@ def pad_batch(rows: Sequence[dict], batch_size: int, *, pad_id: int, pad_multipl
             "weights": weights_B}
 
 
+# Fill of each padded-batch field when a batch is widened to a longer T (`mixed_batch`).
+_WIDEN_FILL = {"ids": None, "mask": False, "token_types": 0, "labels": IGNORE}
+
+
+def mixed_batch(batches: Sequence[dict[str, np.ndarray]], *, pad_id: int
+                ) -> dict[str, np.ndarray]:
+    """Padded batches of several tasks stacked into one (rows in order) for a mixed-adapter
+    step: batch n's rows get `adapter_ids` n, and every batch is widened on the right to the
+    longest T (ids `pad_id`, mask off, per-token labels IGNORE), which a masked model does not
+    see. Packed batches (segments) and images are refused: their rows do not widen this way."""
+    for n, batch in enumerate(batches):
+        if set(batch) != set(_WIDEN_FILL) | {"weights"}:
+            raise ValueError(f"mixed_batch: batch {n} has fields {sorted(batch)}; expected the "
+                             f"padded text batches of pad_batch ({sorted(_WIDEN_FILL)}, weights)")
+    T = max(b["ids"].shape[1] for b in batches)
+
+    def widen(key: str, x: np.ndarray) -> np.ndarray:
+        if key not in _WIDEN_FILL or x.ndim != 2:  # weights_B, sequence labels_B
+            return x
+        fill = pad_id if key == "ids" else _WIDEN_FILL[key]
+        return np.pad(x, ((0, 0), (0, T - x.shape[1])), constant_values=fill)
+
+    out = {k: np.concatenate([widen(k, b[k]) for b in batches]) for k in batches[0]}
+    out["adapter_ids"] = np.concatenate([np.full(len(b["ids"]), n, np.int32)
+                                         for n, b in enumerate(batches)])
+    return out
+
+
 def _stack_images(rows: Sequence[dict], batch_size: int) -> dict[str, np.ndarray]:
     images = np.zeros((batch_size, *np.shape(rows[0]["images"])), np.float32)
     labels_B = np.zeros((batch_size,), np.int32)
