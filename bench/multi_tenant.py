@@ -4,6 +4,7 @@ together in mixed batches on one frozen all-MiniLM-L6-v2, vs each trained alone.
   python -m bench.multi_tenant --seed 0 --runs alone   # the 3 tenants through loop.run
   python -m bench.multi_tenant --seed 0 --runs mixed   # the 3 together, one mixed run
   python -m bench.multi_tenant --report                # the table over every seed recorded
+  python -m bench.multi_tenant --runs tokens           # padded token slots, alone vs mixed
 
 Configs: experiments/multi_tenant.py (one per tenant, `:banking77` ...). Alone = the launcher's
 run of that config (`loop.run`). Mixed = one `loop.Trainer` per tenant for its data, its
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmx import tasks
 from lmx.adapters import mixed
 from lmx.data import batching
 from lmx.train import loop, optim
@@ -126,6 +128,30 @@ def run_mixed(configs: dict, workdir: str) -> dict:
             "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - start}
 
 
+def padded_tokens(configs: dict, workdir: str) -> dict:
+    """Token slots (rows x padded length) the S training batches hold: each tenant's alone,
+    and the mixed batches (every tenant's rows widened to the step's longest): why a mixed
+    step costs more than the three alone steps together. No model is built."""
+    tasks_ = {}
+    for tenant, config in configs.items():
+        task = tasks.get(config)
+        loaded = task.load(config, os.path.join(workdir, tenant))
+        task.bind(loaded)
+        tasks_[tenant] = (task, loaded.train)
+    steps = next(iter(configs.values())).train.num_steps
+    streams = {t: task.train_batches(train, 0) for t, (task, train) in tasks_.items()}
+    alone = dict.fromkeys(configs, 0)
+    real, mixed_slots = 0, 0
+    for _ in range(steps):
+        batches = {t: next(s) for t, s in streams.items()}
+        for t, b in batches.items():
+            alone[t] += b["ids"].size
+            real += int(b["mask"].sum())
+        mixed_slots += batching.mixed_batch(list(batches.values()), pad_id=0)["ids"].size
+    return {"alone": alone, "alone_total": sum(alone.values()), "mixed": mixed_slots,
+            "real": real, "steps": steps}
+
+
 def _load(path: str) -> dict:
     if os.path.exists(path):
         with open(path) as f:
@@ -135,10 +161,9 @@ def _load(path: str) -> dict:
 
 def report(results: dict) -> str:
     """The markdown table: per tenant alone vs mixed, mean +- std over the seeds recorded."""
-    seeds = sorted({k.split("/")[0] for k in results} & {k.split("/")[0] for k in results
-                                                        if k.endswith("/mixed")})
-    seeds = [s for s in seeds if f"{s}/mixed" in results and all(
-        f"{s}/alone/{t}" in results for t in results[f"{s}/mixed"]["tenants"])]
+    seeds = sorted(k.split("/")[0] for k in results if k.endswith("/mixed"))
+    seeds = [s for s in seeds if all(f"{s}/alone/{t}" in results
+                                     for t in results[f"{s}/mixed"]["tenants"])]
     if not seeds:
         return "no seed has both its alone and mixed runs recorded"
     tenants = list(results[f"{seeds[0]}/mixed"]["tenants"])
@@ -191,11 +216,14 @@ def main():
                     results[f"{args.seed}/alone/{tenant}"] = row
                     print(tenant, "alone", json.dumps({k: row[k] for k in (
                         "value", "train_seconds", "wall_seconds")}), flush=True)
+            elif run == "tokens":
+                results["tokens"] = padded_tokens(configs, os.path.join(workdir, "tokens"))
+                print("tokens", json.dumps(results["tokens"]), flush=True)
             elif run == "mixed":
                 results[f"{args.seed}/mixed"] = run_mixed(configs, os.path.join(workdir, "mixed"))
                 print("mixed", json.dumps(results[f"{args.seed}/mixed"]), flush=True)
             else:
-                raise ValueError(f"--runs: unknown run {run!r} (alone, mixed)")
+                raise ValueError(f"--runs: unknown run {run!r} (alone, mixed, tokens)")
             results = {**_load(args.out), **results}  # keep what other seeds wrote meanwhile
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=1, sort_keys=True)
