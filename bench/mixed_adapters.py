@@ -48,13 +48,14 @@ def lmx_side(args, folder):
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
+
     import lmx.hf
     from lmx import config
     from lmx.adapters import mixed
     from lmx.hf import named
     from lmx.peft import PeftSpec
-    from lmx.train.mixed import mixed_forward, mixed_train_step
     from lmx.train import optim
+    from lmx.train.mixed import mixed_forward, mixed_train_step
     from lmx.train.step import TrainState, merge, train_step
 
     base, variables = lmx.hf.from_pretrained(MINILM, task="hidden")
