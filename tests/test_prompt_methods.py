@@ -10,8 +10,7 @@ from test_hf_models import HEADS, reference
 from test_training import _assert_unchanged, _steps
 
 import lmx.hf
-from lmx import config as config_lib, paths
-from lmx import peft as peft_lib
+from lmx import config as config_lib, paths, peft as peft_lib
 from lmx.train import loop
 
 TOL = 1e-5
@@ -147,11 +146,12 @@ def test_prefix_projection_equals_peft_imports_and_exports(tmp_path):
                           "prefix_encoder", family, task, tmp_path)
 
 
-# Loss drop (nats) on the planted corpus of tests/test_training.py (gpt2-tiny, 40 steps, lr 0.1),
-# below the untrained model's loss on the same 5 last batches; each margin is about half the
-# drop measured on a 2-core AMD EPYC (see the report in the commit message).
-LEARNING = {"ln_tuning": ({}, 0.0), "p_tuning": ({"encoder_hidden_size": 16}, 0.0),
-            "prefix": ({"prefix_projection": True, "encoder_hidden_size": 16}, 0.0)}
+# Loss drop (nats) on the planted corpus of tests/test_training.py (gpt2-tiny, 40 steps, lr 0.1,
+# dropout 0), below the untrained model's loss on the same 5 last batches. Measured on a
+# 2-core AMD EPYC: ln_tuning 0.305, p_tuning 0.027 (plain prompt tuning: 0.03), prefix with
+# projection 0.145; each margin is about half of that.
+LEARNING = {"ln_tuning": ({}, 0.15), "p_tuning": ({"encoder_hidden_size": 16}, 0.013),
+            "prefix": ({"prefix_projection": True, "encoder_hidden_size": 16}, 0.07)}
 
 
 @pytest.mark.parametrize("method", sorted(LEARNING))
@@ -210,3 +210,26 @@ def test_bad_settings_are_refused_naming_the_key(overrides, message):
         c.peft[key] = value
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         config_lib.validate(c, 1)
+
+
+IMAGE_REFUSALS = [
+    ("resnet", peft_lib.PeftSpec(ln_tuning=True), "'ln_tuning' does not apply to a ResNet"),
+    ("resnet", peft_lib.PeftSpec(num_prompt_tokens=2, prompt_encoder="mlp"),
+     "'prompt / p_tuning' does not apply to a ResNet"),
+    ("vit", peft_lib.PeftSpec(num_prompt_tokens=2, prompt_encoder="mlp"), "'p_tuning'"),
+    ("vit", peft_lib.PeftSpec(num_prefix_tokens=2, prefix_projection=True),
+     "prefix_projection=True"),
+]
+
+
+@pytest.mark.parametrize("family,spec,message", IMAGE_REFUSALS)
+def test_image_families_refuse_what_they_cannot_build(family, spec, message):
+    import jax
+    import jax.numpy as jnp
+
+    from lmx.models import families
+    fam = families.get(family)
+    module = fam.make(fam.size(f"{family}-tiny"), "sequence_classification", 3, "cls", spec)
+    size = getattr(module.cfg, "image_size", 32)
+    with pytest.raises(ValueError, match=message):
+        module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
