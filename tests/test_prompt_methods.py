@@ -233,3 +233,17 @@ def test_image_families_refuse_what_they_cannot_build(family, spec, message):
     size = getattr(module.cfg, "image_size", 32)
     with pytest.raises(ValueError, match=message):
         module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+
+
+def test_generation_with_projected_prefix_equals_full_recomputation(tmp_path):
+    """The projection feeds every decoding step's prefix: 12 cached greedy tokens equal
+    recomputing the whole sequence at each step."""
+    import flax.linen as nn
+    import jax
+    from test_generate import _check_cache
+    reference("llama", "causal_lm", tmp_path / "base")
+    model, variables = lmx.hf.from_pretrained(tmp_path / "base")
+    module = model.clone(peft=peft_lib.PeftSpec(num_prefix_tokens=P, prefix_projection=True,
+                                                encoder_hidden_size=HIDDEN))
+    peft_vars = nn.unbox(module.init(jax.random.key(1), *_batch("llama")[:2]))["peft"]
+    _check_cache(module, {"params": variables["params"], "peft": peft_vars})
