@@ -51,7 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
     c.peft = ml_collections.ConfigDict(dict(
-        # "full" | "lora" | "houlsby" | "pfeiffer" | "bitfit" | "prompt" | "prefix" | "ia3"
+        # "full" | "lora" | "houlsby" | "pfeiffer" | "bitfit" | "prompt" | "prefix" | "ia3" |
+        # "ln_tuning" (every LayerNorm / RMSNorm gain and bias trains, peft.ALL_NORMS; PEFT's
+        # LN_TUNING) | "p_tuning" (a soft prompt computed by a trained encoder; PEFT's
+        # P_TUNING)
         method="lora",
         lora=dict(rank=8, alpha=peft.LORA_ALPHA, dropout=0.0, rslora=False,
                   targets=(r"params/layer_\d+/attention/(query|value)/kernel",),
@@ -66,6 +69,15 @@ def base_config() -> ml_collections.ConfigDict:
                  feedforward=(r"params/layer_\d+/mlp/down/kernel",)),
         adapter_size=peft.ADAPTER_SIZE,
         num_prompt_tokens=20,  # soft prompt tokens, or prefix tokens for method "prefix"
+        # method "p_tuning": the encoder of its virtual tokens ("mlp": PEFT's MLP,
+        # Linear-ReLU-Linear-ReLU-Linear; PEFT's LSTM is not built)
+        prompt_encoder="mlp",
+        # method "prefix": compute every layer's prefix with PEFT's reparameterisation MLP
+        # (embedding -> Linear -> tanh -> Linear to 2 x layers x kv width)
+        prefix_projection=False,
+        # hidden width of the p_tuning encoder / prefix projection; 0: the width they encode
+        # (the model width; for a prefix one layer's key width, as PEFT's token_dim)
+        encoder_hidden_size=0,
         trainable=(),  # regexes over variable paths; () = the method's default
     ))
 
@@ -208,6 +220,7 @@ CHOICES = {
                    "chat_sft", "cloze"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.kv_cache_dtype": ("float32", "bfloat16"),
+    "peft.prompt_encoder": ("mlp",),
     "model.quantize_base": ("none", "int8", "nf4"),
     "data.kind": ("csv_classification", "phrasebank", "clinc150", "conll", "text", "movielens",
                   "images", "digits", "synthetic", "chat"),
@@ -221,6 +234,7 @@ NON_NEGATIVE = ("train.num_steps", "train.eval_every", "train.checkpoint_every",
                 "train.learning_rate", "train.weight_decay", "train.grad_clip_norm",
                 "train.peak_flops_per_second", "train.profile_steps", "data.pack_length",
                 "explain.num_examples", "peft.num_prompt_tokens", "peft.adapter_size",
+                "peft.encoder_hidden_size",
                 "data.sample_tokens", "data.tokenizer_vocab_size", "data.max_eval_examples",
                 "data.max_train_examples")
 # Which tasks read which data kinds (images and the toy task are sequence classification).

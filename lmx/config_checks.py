@@ -58,9 +58,10 @@ def peft_errors(flat: dict) -> list[str]:
     if method in ("houlsby", "pfeiffer") and not flat["peft.adapter_size"] > 0:
         errors.append(f"config.peft.adapter_size={flat['peft.adapter_size']!r} must be > 0 "
                       f"for peft.method={method!r}")
-    if method in ("prompt", "prefix") and not flat["peft.num_prompt_tokens"] > 0:
+    if method in ("prompt", "prefix", "p_tuning") and not flat["peft.num_prompt_tokens"] > 0:
         errors.append(f"config.peft.num_prompt_tokens={flat['peft.num_prompt_tokens']!r} must "
                       f"be > 0 for peft.method={method!r}")
+    errors += _encoder_errors(flat)
     if method == "ia3" and not (flat["peft.ia3.targets"] or flat["peft.ia3.feedforward"]):
         errors.append("config.peft.ia3.targets and config.peft.ia3.feedforward are both empty")
     for key in ("model.dropout_rate", "model.attention_dropout_rate"):
@@ -71,6 +72,22 @@ def peft_errors(flat: dict) -> list[str]:
         errors.append("config.peft.trainable names unrolled layers (layer_N) but "
                       "config.model.scan_layers=True stacks them under layers/block: write "
                       "the patterns for layers/block, or set scan_layers=False")
+    return errors
+
+
+def _encoder_errors(flat: dict) -> list[str]:
+    """The p_tuning / prefix-projection keys set where nothing reads them."""
+    method, errors = flat["peft.method"], []
+    if flat["peft.prefix_projection"] and method != "prefix":
+        errors.append(f"config.peft.prefix_projection=True applies to peft.method 'prefix', "
+                      f"not {method!r}")
+    if flat["peft.prefix_projection"] and flat["model.scan_layers"]:
+        errors.append("config.peft.prefix_projection=True needs config.model.scan_layers=False")
+    encoded = method == "p_tuning" or (method == "prefix" and flat["peft.prefix_projection"])
+    if flat["peft.encoder_hidden_size"] and not encoded:
+        errors.append(f"config.peft.encoder_hidden_size={flat['peft.encoder_hidden_size']!r} "
+                      "is read by peft.method 'p_tuning' or 'prefix' with prefix_projection=True "
+                      f"only, not {method!r}")
     return errors
 
 

@@ -22,7 +22,10 @@ from lmx import paths, quant
 PEFT = "peft"  # the variable collection
 # Every linear layer of the encoder / decoder blocks (LoRA's strongest common setting).
 ALL_LINEAR = (r"params/layer_\d+/(attention/(query|key|value|out)|mlp/(up|down))/kernel",)
-METHODS = ("full", "lora", "houlsby", "pfeiffer", "bitfit", "prompt", "prefix", "ia3")
+METHODS = ("full", "lora", "houlsby", "pfeiffer", "bitfit", "prompt", "prefix", "ia3",
+           "ln_tuning", "p_tuning")
+# Every LayerNorm / RMSNorm gain (and bias) of the model: LN tuning's default trainables.
+ALL_NORMS = r"params/(.*/)?[a-z_]*norm/(scale|bias)"
 LORA_ALPHA = 16.0  # the defaults, here once (lmx/config.py's schema reads them)
 ADAPTER_SIZE = 64
 
@@ -44,7 +47,12 @@ class PeftSpec:
     adapter_size: int = ADAPTER_SIZE
     num_prompt_tokens: int = 0  # soft prompt tuning: P vectors before the input embeddings
     prompt_in_pooling: bool = False  # "cls" pooling takes the first virtual token (as HF PEFT)
+    # P-tuning: the soft prompt is the output of this encoder ("mlp") of P learned vectors
+    prompt_encoder: str = ""
     num_prefix_tokens: int = 0  # prefix tuning: P key/value vectors per attention layer
+    prefix_projection: bool = False  # ... computed by PEFT's reparameterisation MLP
+    encoder_hidden_size: int = 0  # those encoders' hidden width; 0: the width they encode
+    ln_tuning: bool = False  # LN tuning: the base's norm gains / biases train (in `params`)
     ia3_targets: frozenset[str] = frozenset()  # IA3: learned scales on these modules' outputs
     ia3_feedforward: frozenset[str] = frozenset()  # ... or on their inputs (FFN down projections)
     head_in_peft: bool = False  # classifier at peft/head/classifier: each named adapter's own
@@ -94,6 +102,8 @@ DEFAULT_TRAINABLE = {
         "prompt": (r"peft/.*", r"params/head/.*"),
         "prefix": (r"peft/.*", r"params/head/.*"),
         "ia3": (r"peft/.*", r"params/head/.*"),
+        "ln_tuning": (ALL_NORMS, r"params/head/.*"),
+        "p_tuning": (r"peft/.*", r"params/head/.*"),
 }
 
 
@@ -122,8 +132,16 @@ def spec_from_config(peft_config: ml_collections.ConfigDict, base_params: Any) -
         return PeftSpec(adapter=method, adapter_size=peft_config.adapter_size)
     if method == "prompt":
         return PeftSpec(num_prompt_tokens=peft_config.num_prompt_tokens)
+    if method == "p_tuning":
+        return PeftSpec(num_prompt_tokens=peft_config.num_prompt_tokens,
+                        prompt_encoder=peft_config.prompt_encoder,
+                        encoder_hidden_size=peft_config.encoder_hidden_size)
     if method == "prefix":
-        return PeftSpec(num_prefix_tokens=peft_config.num_prompt_tokens)
+        return PeftSpec(num_prefix_tokens=peft_config.num_prompt_tokens,
+                        prefix_projection=peft_config.prefix_projection,
+                        encoder_hidden_size=peft_config.encoder_hidden_size)
+    if method == "ln_tuning":
+        return PeftSpec(ln_tuning=True)
     if method == "ia3":
         def modules(patterns, what):
             kernels = paths.select(base_params, patterns, what=what) if patterns else []

@@ -87,7 +87,8 @@ def _check_stackable(adapters: dict[str, Adapter]) -> None:
         s = adapter.spec
         others = [f for f, on in (("IA3", s.ia3_targets), ("adapter", s.adapter != "none"),
                                   ("prompt", s.num_prompt_tokens),
-                                  ("prefix", s.num_prefix_tokens)) if on]
+                                  ("prefix", s.num_prefix_tokens),
+                                  ("LN tuning", s.ln_tuning)) if on]
         if others:
             raise ValueError(f"adapter {name!r}: mixed batches route LoRA (and task heads) "
                              f"only; it also has {others}")

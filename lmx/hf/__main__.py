@@ -82,7 +82,7 @@ def export_adapter(args) -> None:
     trained = trained_parts(run)
     if args.merge:
         _save(run.module, run.variables, dst, merge=True)
-    elif peft_lib.PEFT not in trained:
+    elif peft_lib.PEFT not in trained and not run.module.peft.ln_tuning:  # LN tuning: params
         raise SystemExit(f"{args.workdir} trained no PEFT parameters (method "
                          f"{run.config.peft.method!r}); use --merge to write the full model")
     else:

@@ -1,11 +1,14 @@
-"""HF PEFT adapter folders <-> lmx `peft` collections: LoRA (incl. rsLoRA), IA3, prompt and
-prefix tuning; bottleneck adapters (which PEFT lacks) in lmx's own format.
+"""HF PEFT adapter folders <-> lmx `peft` collections: LoRA (incl. rsLoRA), IA3, prompt,
+P- and prefix tuning, LN tuning; bottleneck adapters (which PEFT lacks) in lmx's own format.
 
 A PEFT folder is `adapter_config.json` + `adapter_model.safetensors`. Tensor names are
 `base_model.model.<HF module>.lora_A.weight` (R, I), `.lora_B.weight` (O, R), `.ia3_l`
 ((O, 1) on outputs, (1, I) on feed-forward inputs), `prompt_embeddings` (P, D) for prompt
 tuning and (P, L * 2 * G * K) for prefix tuning (per layer: key then value, G kv heads);
-`modules_to_save` (task heads) are full tensors under their HF names.
+`modules_to_save` (task heads) are full tensors under their HF names. LN tuning saves each
+tuned norm as `<HF norm>.ln_tuning_layers.weight` (and `.bias`). P-tuning and prefix
+projection save their encoder's output, not the encoder (PEFT's `get_prompt_embedding_to_save`)
+and PEFT reloads that table: so does lmx (a P-tuning folder loads as a soft prompt).
 
 lmx's format (`lmx_adapter.json` + `adapter_model.safetensors` keyed by lmx variable paths)
 holds any `peft` collection, bottleneck adapters included.
@@ -21,7 +24,8 @@ import numpy as np
 from flax import traverse_util
 
 from lmx.hf import core
-from lmx.peft import NO_PEFT, PeftSpec
+from lmx.models import prompt_encoders
+from lmx.peft import ALL_NORMS, NO_PEFT, PeftSpec
 
 PEFT_CONFIG, LMX_CONFIG = "adapter_config.json", "lmx_adapter.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -30,7 +34,7 @@ TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOK
               "image_classification": None}
 HEAD_MODULES = ("classifier", "score")  # PEFT's modules_to_save for classification tasks
 _UNSUPPORTED = {"lora_bias": "LoRA biases", "layers_to_transform": "layers_to_transform",
-                "prefix_projection": "a prefix projection MLP", "trainable_token_indices":
+                "trainable_token_indices":
                 "trainable tokens", "layer_replication": "layer replication"}
 
 
@@ -99,10 +103,14 @@ def spec_of(config: dict[str, Any], names: dict[str, tuple], source: str) -> Pef
         return PeftSpec(ia3_targets=targets, ia3_feedforward=feedforward)
     if kind == "PROMPT_TUNING":
         return PeftSpec(num_prompt_tokens=config["num_virtual_tokens"], prompt_in_pooling=True)
-    if kind == "PREFIX_TUNING":
+    if kind == "P_TUNING":  # the folder holds the encoder's output only: a soft prompt
+        return PeftSpec(num_prompt_tokens=config["num_virtual_tokens"], prompt_in_pooling=True)
+    if kind == "PREFIX_TUNING":  # with prefix_projection too: the projected prefix is saved
         return PeftSpec(num_prefix_tokens=config["num_virtual_tokens"])
+    if kind == "LN_TUNING":
+        return PeftSpec(ln_tuning=True)
     raise ValueError(f"{source}: peft_type={kind!r} is not supported (LORA, IA3, "
-                     "PROMPT_TUNING, PREFIX_TUNING)")
+                     "PROMPT_TUNING, P_TUNING, PREFIX_TUNING, LN_TUNING)")
 
 
 def _from_json(field: str, value):
@@ -146,6 +154,8 @@ def apply(variables: dict, module, family, adapter: dict, expected: dict, source
 def _peft_to_lmx(module, family, tensors, expected, source) -> dict[str, np.ndarray]:
     spec, names = module.peft, hf_modules(family, module)
     tensors = {re.sub(r"^base_model\.(model\.)?", "", k): v for k, v in tensors.items()}
+    if spec.ln_tuning:  # a tuned norm replaces the base's: load it where the base's goes
+        tensors = {k.replace(".ln_tuning_layers.", "."): v for k, v in tensors.items()}
     flat: dict[str, np.ndarray] = {}
     if spec.num_prompt_tokens:
         flat["peft/embed/prompt"] = tensors.pop("prompt_embeddings")
@@ -222,18 +232,27 @@ def save(module, family, variables: dict, out_dir: pathlib.Path,
     when PEFT has the method, else in lmx's format (bottleneck adapters, mixed methods)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = module.peft
+    prompted = bool(spec.num_prompt_tokens)
     methods = [m for m, on in (("LORA", spec.lora_rank), ("IA3", spec.ia3_targets),
-                               ("PROMPT_TUNING", spec.num_prompt_tokens),
+                               ("PROMPT_TUNING", prompted and not spec.prompt_encoder),
+                               ("P_TUNING", prompted and spec.prompt_encoder),
                                ("PREFIX_TUNING", spec.num_prefix_tokens),
+                               ("LN_TUNING", spec.ln_tuning),
                                ("ADAPTER", spec.adapter != "none")) if on]
     if len(methods) != 1 or methods[0] == "ADAPTER":
         return _save_lmx(spec, variables, out_dir)
     kind = methods[0]
-    prefix = "base_model." if kind in ("PROMPT_TUNING", "PREFIX_TUNING") else "base_model.model."
-    tensors, config = _lmx_to_peft(module, family, variables.get("peft", {}), kind)
-    if kind in ("LORA", "IA3"):
+    prompt_kind = kind in ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
+    prefix = "base_model." if prompt_kind else "base_model.model."
+    params = variables.get("params", {})
+    if kind == "LN_TUNING":
+        params, norms = _split_norms(params)
+        tensors, config = _ln_tuning_to_peft(module, family, norms)
+    else:
+        tensors, config = _lmx_to_peft(module, family, variables.get("peft", {}), kind)
+    if not prompt_kind:
         tensors = {prefix + name: array for name, array in tensors.items()}
-    heads = _heads_to_peft(module, family, variables.get("params", {}))
+    heads = _heads_to_peft(module, family, params)
     tensors |= {prefix + name: array for name, array in heads.items()}
     config |= dict(peft_type=kind, task_type=TASK_TYPES[module.task], inference_mode=True,
                    base_model_name_or_path=base_model_name_or_path or None,
@@ -259,7 +278,7 @@ def _lmx_to_peft(module, family, peft_vars: dict, kind: str) -> tuple[dict, dict
     spec, cfg = module.peft, module.cfg
     flat = {p: np.asarray(v, np.float32) for p, v in
             traverse_util.flatten_dict({"peft": peft_vars}, sep="/").items()}
-    if kind == "PROMPT_TUNING":
+    if kind in ("PROMPT_TUNING", "P_TUNING"):
         if module.task == "sequence_classification" and module.pooling == "cls" \
                 and not spec.prompt_in_pooling:
             raise ValueError("PEFT pools a prompt-tuned classifier at the first virtual token; "
@@ -268,16 +287,32 @@ def _lmx_to_peft(module, family, peft_vars: dict, kind: str) -> tuple[dict, dict
         config = dict(num_virtual_tokens=spec.num_prompt_tokens, token_dim=cfg.embed_dim,
                       num_transformer_submodules=1, num_attention_heads=cfg.num_heads,
                       num_layers=cfg.num_layers, prompt_tuning_init="RANDOM")
+        if kind == "P_TUNING":  # PEFT saves (and reloads) the encoder's output
+            prompt_PD = prompt_encoders.soft_prompt(
+                prompt_encoders.encoder_weights(flat, "peft/embed/prompt_encoder"))
+            config |= dict(encoder_reparameterization_type="MLP",
+                           encoder_hidden_size=spec.encoder_hidden_size or cfg.embed_dim,
+                           encoder_num_layers=2, encoder_dropout=0.0)
+            config.pop("prompt_tuning_init")
+            return {"prompt_embeddings": np.asarray(prompt_PD, np.float32)}, config
         return {"prompt_embeddings": flat["peft/embed/prompt"]}, config
     if kind == "PREFIX_TUNING":
-        keys = [np.stack([flat[f"peft/layer_{i}/attention/prefix_{w}"] for w in ("key", "value")],
-                         axis=1) for i in range(cfg.num_layers)]  # (P, 2, G, K) each
-        P = spec.num_prefix_tokens
-        config = dict(num_virtual_tokens=P, token_dim=cfg.kv_heads * cfg.head_dim,
+        P, width = spec.num_prefix_tokens, cfg.kv_heads * cfg.head_dim
+        if spec.prefix_projection:  # PEFT saves (and reloads) the projection's output
+            prefix_PX = np.asarray(prompt_encoders.projected_prefix(
+                prompt_encoders.encoder_weights(flat, "peft/prefix_encoder")), np.float32)
+        else:
+            keys = [np.stack([flat[f"peft/layer_{i}/attention/prefix_{w}"]
+                              for w in ("key", "value")], axis=1)
+                    for i in range(cfg.num_layers)]  # (P, 2, G, K) each
+            prefix_PX = np.concatenate(keys, axis=1).reshape(P, -1)
+        config = dict(num_virtual_tokens=P, token_dim=width,
                       num_transformer_submodules=1, num_attention_heads=cfg.kv_heads,
-                      num_layers=cfg.num_layers, encoder_hidden_size=cfg.embed_dim,
-                      prefix_projection=False)
-        return {"prompt_embeddings": np.concatenate(keys, axis=1).reshape(P, -1)}, config
+                      num_layers=cfg.num_layers,
+                      encoder_hidden_size=(spec.encoder_hidden_size or width)
+                      if spec.prefix_projection else cfg.embed_dim,
+                      prefix_projection=spec.prefix_projection)
+        return {"prompt_embeddings": prefix_PX}, config
     return _dense_to_peft(module, family, flat, kind)
 
 
@@ -325,6 +360,35 @@ def _dense_to_peft(module, family, flat: dict, kind: str) -> tuple[dict, dict]:
     return tensors, config
 
 
+def _split_norms(params: dict) -> tuple[dict, dict]:
+    """(the rest, the norm gains / biases outside the task head) of trained `params`."""
+    flat = traverse_util.flatten_dict({"params": params}, sep="/")
+    norm = {p for p in flat if re.fullmatch(ALL_NORMS, p) and not p.startswith("params/head/")}
+    split = lambda keep: traverse_util.unflatten_dict(
+        {p.split("/", 1)[1]: v for p, v in flat.items() if (p in norm) == keep}, sep="/")
+    return split(False), split(True)
+
+
+def _ln_tuning_to_peft(module, family, norms: dict) -> tuple[dict, dict]:
+    """PEFT LN tuning: each tuned norm as `<HF module>.ln_tuning_layers.<weight | bias>`."""
+    if not norms:
+        raise ValueError("an LN tuning adapter (PeftSpec.ln_tuning) saves the tuned norms: pass "
+                         f"them in variables['params'] (the paths {ALL_NORMS!r} selects)")
+    tensors = _to_hf_names(module, family, norms)
+    renamed = {f"{n.rsplit('.', 1)[0]}.ln_tuning_layers.{n.rsplit('.', 1)[1]}": a
+               for n, a in tensors.items()}
+    return renamed, dict(target_modules=sorted({n.rsplit(".", 1)[0] for n in tensors}))
+
+
+def _to_hf_names(module, family, params: dict) -> dict[str, np.ndarray]:
+    """Base-model `params` under the HF names the family's rules give them."""
+    rules = {p: r for p, r in family.tensor_map(module).items()
+             if p in traverse_util.flatten_dict({"params": params}, sep="/")}
+    tensors = core.save(rules, {"params": params})
+    hook = getattr(family, "write_hook", None)
+    return hook(tensors, module) if hook and module.task != "hidden" else tensors
+
+
 def _heads_to_peft(module, family, params: dict) -> dict[str, np.ndarray]:
     """Trained task-head parameters as PEFT `modules_to_save` tensors; anything else trained
     in the base cannot go into a PEFT adapter and is an error."""
@@ -332,9 +396,7 @@ def _heads_to_peft(module, family, params: dict) -> dict[str, np.ndarray]:
     if not flat:
         return {}
     rules = {p: r for p, r in family.tensor_map(module).items() if p in flat}
-    tensors = core.save(rules, {"params": params})
-    hook = getattr(family, "write_hook", None)
-    tensors = hook(tensors, module) if hook and module.task != "hidden" else tensors
+    tensors = _to_hf_names(module, family, params)
     outside = sorted(n for n in tensors if n.split(".")[0] not in HEAD_MODULES)
     unmapped = sorted(set(flat) - set(rules))
     if outside or unmapped:

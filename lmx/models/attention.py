@@ -72,7 +72,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, mask_BTS, mask_BT, positions_BT, deterministic: bool,
-                 decode: str = ""):
+                 decode: str = "", prefix_2PGK=None):
         cfg = self.cfg
         B, T, _ = x_BTD.shape
         N, G, K = cfg.num_heads, cfg.kv_heads, cfg.head_dim
@@ -98,7 +98,7 @@ class Attention(nn.Module):
             index_T = jnp.arange(T)
             mask_BTS = mask_BTS & window_mask(index_T, index_T, cfg.sliding_window)[None]
         if self.peft.num_prefix_tokens:
-            k_BTGK, v_BTGK, mask_BTS = self._prefix(k_BTGK, v_BTGK, mask_BTS)
+            k_BTGK, v_BTGK, mask_BTS = self._prefix(k_BTGK, v_BTGK, mask_BTS, prefix_2PGK)
         out_BTF = self._attend(q_BTNK, k_BTGK, v_BTGK, mask_BTS, deterministic, mask_BT, decode)
         return Dense(cfg.embed_dim, (ax.HEADS, ax.EMBED), cfg.use_bias, cfg.compute_dtype,
                      peft=self.peft, name="out")(out_BTF, deterministic)
@@ -139,18 +139,25 @@ class Attention(nn.Module):
                                preferred_element_type=jnp.float32)
         return out_BTGQK.reshape(B, T, N * K)
 
-    def _prefix(self, k_BSGK, v_BSGK, mask_BTS):
+    def _prefix(self, k_BSGK, v_BSGK, mask_BTS, prefix_2PGK=None):
         """Prefix tuning: P learned key/value vectors per layer in front of the keys (no
-        position encoding: they are what a cache would hold), visible to every query."""
+        position encoding: they are what a cache would hold), visible to every query.
+        `prefix_2PGK` (keys, values) is given when a projection computes them
+        (lmx.models.prompt_encoders); else they are this layer's own `peft` variables."""
         B, _, G, K = k_BSGK.shape
         P = self.peft.num_prefix_tokens
-        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.RANK, ax.HEADS, ax.KV))
-        key_PGK = self.variable(PEFT, "prefix_key", lambda: init(self.make_rng("params"), (P, G, K)))
-        value_PGK = self.variable(PEFT, "prefix_value",
-                                  lambda: init(self.make_rng("params"), (P, G, K)))
+        if prefix_2PGK is None:
+            init = nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                (ax.RANK, ax.HEADS, ax.KV))
+            key_PGK = self.variable(PEFT, "prefix_key",
+                                    lambda: init(self.make_rng("params"), (P, G, K))).value
+            value_PGK = self.variable(PEFT, "prefix_value",
+                                      lambda: init(self.make_rng("params"), (P, G, K))).value
+        else:
+            key_PGK, value_PGK = prefix_2PGK[0], prefix_2PGK[1]
         expand = lambda x_PGK: jnp.broadcast_to(x_PGK, (B, P, G, K)).astype(k_BSGK.dtype)
-        k_BSGK = jnp.concatenate([expand(key_PGK.value), k_BSGK], axis=1)
-        v_BSGK = jnp.concatenate([expand(value_PGK.value), v_BSGK], axis=1)
+        k_BSGK = jnp.concatenate([expand(key_PGK), k_BSGK], axis=1)
+        v_BSGK = jnp.concatenate([expand(value_PGK), v_BSGK], axis=1)
         mask_BTS = jnp.pad(mask_BTS, ((0, 0), (0, 0), (P, 0)), constant_values=True)
         return k_BSGK, v_BSGK, mask_BTS
 

@@ -134,6 +134,13 @@ class ResNet(nn.Module):
         cfg, peft = self.cfg, self.peft
         if cfg.block not in BLOCKS:
             raise ValueError(f"block={cfg.block!r} is not one of {BLOCKS}")
+        unsupported = [m for m, on in (("ln_tuning", peft.ln_tuning),
+                                       ("prompt / p_tuning", peft.num_prompt_tokens),
+                                       ("prefix", peft.num_prefix_tokens)) if on]
+        if unsupported:  # BatchNorm, not LayerNorm; no tokens, no attention
+            raise ValueError(f"config.peft.method={unsupported[0]!r} does not apply to a ResNet "
+                             "(BatchNorm, no tokens or attention): use lora, houlsby, "
+                             "pfeiffer, bitfit or full")
         constrain = lambda x: nn.with_logical_constraint(x, (ax.BATCH, None, None, ax.CONV_OUT))
         k = cfg.stem_kernel
         x_BHWC = Conv(cfg.width, (k, k), (2, 2), cfg.compute_dtype, peft,

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmx.models import decoder_features
+from lmx.models import decoder_features, prompt_encoders
 from lmx.models.decoder_features import Mlp, layer_is_local, make_norm, softcap
 from lmx.models.layers import Bottleneck, Dense, Dropout, add_bias, gelu, layer_norm, matmul
 from lmx.peft import NO_PEFT, PEFT, PeftSpec
@@ -162,7 +162,11 @@ class Embeddings(nn.Module):
                                        embedding_init=nn.with_logical_partitioning(init, (None, ax.EMBED)))
         if not cfg.pre_norm:
             self.norm = _norm(cfg, "norm")
-        if self.peft.num_prompt_tokens:
+        if self.peft.num_prompt_tokens and self.peft.prompt_encoder:  # P-tuning
+            self.prompt_encoder = prompt_encoders.prompt_encoder(
+                self.peft.prompt_encoder, self.peft.num_prompt_tokens, cfg.embed_dim,
+                self.peft.encoder_hidden_size or cfg.embed_dim, name="prompt_encoder")
+        elif self.peft.num_prompt_tokens:
             init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.RANK, None))
             shape = (self.peft.num_prompt_tokens, cfg.embed_dim)
             self.prompt = self.variable(PEFT, "prompt", lambda: init(self.make_rng("params"), shape))
@@ -175,7 +179,8 @@ class Embeddings(nn.Module):
             x_BTD = x_BTD * jnp.asarray(self.cfg.embed_dim ** 0.5, jnp.float32).astype(x_BTD.dtype)
         num_prompt = self.peft.num_prompt_tokens
         if num_prompt:
-            prompt_PD = self.prompt.value
+            prompt_PD = (self.prompt_encoder() if self.peft.prompt_encoder
+                         else self.prompt.value)
             prompt_BPD = jnp.broadcast_to(prompt_PD, (x_BTD.shape[0], *prompt_PD.shape))
             x_BTD = jnp.concatenate([prompt_BPD.astype(x_BTD.dtype), x_BTD], axis=1)
             token_types_BT = jnp.pad(token_types_BT, ((0, 0), (num_prompt, 0)))
@@ -200,7 +205,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, mask_BTS, positions_BT, deterministic: bool, mask_BT=None,
-                 decode: str = ""):
+                 decode: str = "", prefix_2PGK=None):
         cfg, peft = self.cfg, self.peft
         drop = lambda h: Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         attention = Attention(cfg, peft, self.local, name="attention")
@@ -216,7 +221,7 @@ class Block(nn.Module):
                               name=f"adapter_{where}")(h_BTD)
 
         attend = lambda h_BTD: attention(h_BTD, mask_BTS, mask_BT, positions_BT, deterministic,
-                                         decode)
+                                         decode, prefix_2PGK)
         post = lambda name: _norm(cfg, name) if cfg.post_norms else (lambda h: h)
         if cfg.pre_norm:
             h_BTD = post("attention_post_norm")(attend(attention_norm(x_BTD)))
@@ -373,11 +378,16 @@ class Transformer(nn.Module):
         block = Block
         if cfg.remat != "none":
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4, 6))
+        prefix_L2PGK = prompt_encoders.layer_prefixes(cfg, self.peft)  # None: per-layer own
         if not cfg.scan_layers:
             for i in range(cfg.num_layers):
                 x_BTD = block(cfg, self.peft, layer_is_local(cfg, i), name=f"layer_{i}")(
-                    x_BTD, mask_BTS, positions_BT, deterministic, mask_BT, decode)
+                    x_BTD, mask_BTS, positions_BT, deterministic, mask_BT, decode,
+                    None if prefix_L2PGK is None else prefix_L2PGK[i])
             return x_BTD
+        if prefix_L2PGK is not None:
+            raise ValueError("config.peft.prefix_projection=True needs config.model.scan_layers="
+                             "False (a scanned block takes no per-layer slice of the projection)")
         if len(set(cfg.layer_types)) > 1:
             raise ValueError("scan_layers needs every layer alike; layer_types mixes local and "
                              "global layers (set scan_layers=False)")

@@ -133,7 +133,10 @@ class ViT(nn.Module):
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not one of {TASKS}")
         if self.peft.num_prompt_tokens:
-            raise ValueError("ViT does not support prompt tuning (peft.num_prompt_tokens)")
+            raise ValueError("ViT does not support prompt tuning (peft.num_prompt_tokens; "
+                             "config.peft.method 'prompt' or 'p_tuning')")
+        if self.peft.prefix_projection:  # its blocks hold their own prefix vectors only
+            raise ValueError("ViT does not support config.peft.prefix_projection=True")
         expected = (cfg.image_size, cfg.image_size, cfg.num_channels)
         if images_BHWC.shape[1:] != expected:
             raise ValueError(f"images of shape {images_BHWC.shape[1:]} (H, W, C); this ViT "
