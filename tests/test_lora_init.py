@@ -9,6 +9,7 @@ from test_hf_adapters import TASK_TYPES, compare, round_trip
 from test_hf_models import HEADS, batch, reference
 
 import lmx.hf
+import lmx.hf.__main__ as lmx_hf_main
 from experiments import tiny_synthetic
 from lmx import config as config_lib, peft as peft_lib
 from lmx.scale import sharding
@@ -98,6 +99,15 @@ def test_pissa_olora_equal_peft_and_round_trip(family, init, tmp_path):
     error = round_trip("lora", family, TASK[family], model, variables, trained, tmp_path)
     print(f"{init} {family}: lmx -> PEFT max abs error {error:.2e}")
     assert error <= TOL
+
+    # `python -m lmx.hf` writes the residual base + the adapter as plain LoRA on it (PEFT's
+    # "residual model" layout; a pissa config there would decompose the residual again)
+    lmx_hf_main._save(model, variables, tmp_path / "export", merge=False, trained=trained)
+    exported = peft.PeftModel.from_pretrained(
+        HEADS[TASK[family]].from_pretrained(tmp_path / "export").eval(),
+        tmp_path / "export" / "adapter")
+    assert exported.peft_config["default"].init_lora_weights is True
+    assert compare("lora", family, TASK[family], exported.eval(), model, variables) <= TOL
 
     # ... or converted to plain LoRA of rank 2r for the ORIGINAL base (PEFT's
     # path_initial_model_for_weight_conversion): PEFT loads it with init_lora_weights=True

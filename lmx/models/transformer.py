@@ -171,6 +171,8 @@ class Embeddings(nn.Module):
 
     def __call__(self, ids_BT, token_types_BT, positions_BT, deterministic: bool,
                  embeds_BTD=None):
+        if embeds_BTD is not None and self.token.lora:
+            raise ValueError("embeds_BTD replaces the token lookup, which carries LoRA here")
         x_BTD = self.token(ids_BT) if embeds_BTD is None else embeds_BTD
         if self.cfg.embed_scale:  # Gemma: a float32 sqrt(D), as transformers computes it
             x_BTD = x_BTD * jnp.asarray(self.cfg.embed_dim ** 0.5, jnp.float32).astype(x_BTD.dtype)
