@@ -452,7 +452,8 @@ def as_plain_lora(peft_vars: dict, initial: dict, spec: PeftSpec) -> tuple[dict,
                          "doubling its rank is not built")
     factor = math.sqrt(2.0) if spec.lora_rslora else 2.0
     plain = dataclasses.replace(
-        spec, lora_init="default", lora_rank=2 * spec.lora_rank, lora_alpha=factor * spec.lora_alpha,
+        spec, lora_init="default", lora_rank=2 * spec.lora_rank,
+        lora_alpha=factor * spec.lora_alpha,
         lora_rank_pattern=tuple((p, 2 * r) for p, r in spec.lora_rank_pattern),
         lora_alpha_pattern=tuple((p, 2 * a) for p, a in spec.lora_alpha_pattern))
     return traverse_util.unflatten_dict(flat, sep="/"), plain
