@@ -60,6 +60,14 @@ def base_config() -> ml_collections.ConfigDict:
                   targets=(r"params/layer_\d+/attention/(query|value)/kernel",),
                   # DoRA (PEFT's use_dora): a learned magnitude per output feature
                   dora=False,
+                  # how A and B start (PEFT's init_lora_weights, applied to the pretrained
+                  # base once it is laid in): "default" (A random, B = 0), "pissa" (top-r SVD
+                  # of W; W - s A B stays as the frozen base), "pissa_niter_K" (randomized SVD,
+                  # K iterations, seeded), "olora" (QR of W). Not with dora, quantize_base or
+                  # scan_layers. Targets may include the token table,
+                  # r"params/embed/token/embedding" (PEFT's lora_embedding_A / _B; not when
+                  # the head reads the same table: mlm, tied causal_lm), which keeps "default".
+                  init="default",
                   # ((regex over a target's kernel path, rank or alpha), ...): per-module
                   # values, first match wins (PEFT's rank_pattern / alpha_pattern)
                   rank_pattern=(), alpha_pattern=(),

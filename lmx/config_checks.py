@@ -3,6 +3,8 @@ config (`{"data.max_length": 64, ...}`) returning error strings that name their 
 packing, per-host input, PEFT method settings, QLoRA, the mesh."""
 from __future__ import annotations
 
+from lmx import peft
+
 
 def pack_errors(flat: dict) -> list[str]:
     if not flat["data.pack_length"]:
@@ -52,6 +54,7 @@ def peft_errors(flat: dict) -> list[str]:
                           "[0, 1)")
         if not flat["peft.lora.targets"]:
             errors.append("config.peft.lora.targets is empty: LoRA needs target patterns")
+        errors += lora_init_errors(flat)
         if not flat["peft.lora.plus_lr_ratio"] >= 0:
             errors.append(f"config.peft.lora.plus_lr_ratio={flat['peft.lora.plus_lr_ratio']!r} "
                           "must be >= 0 (0 = plain LoRA)")
@@ -73,6 +76,24 @@ def peft_errors(flat: dict) -> list[str]:
                       "config.model.scan_layers=True stacks them under layers/block: write "
                       "the patterns for layers/block, or set scan_layers=False")
     return errors
+
+
+def lora_init_errors(flat: dict) -> list[str]:
+    """PiSSA / OLoRA settings that cannot build (lmx.peft.initial_lora)."""
+    init = flat["peft.lora.init"]
+    if init == "default":
+        return []
+    try:
+        peft.check_lora_init(init, "config.peft.lora.init")
+    except ValueError as e:
+        return [str(e)]
+    return [f"config.peft.lora.init={init!r} {why}" for why, bad in (
+        ("with peft.lora.dora=True is not built (DoRA's magnitude of a residual base)",
+         flat["peft.lora.dora"]),
+        ("needs model.quantize_base='none' (it decomposes float kernels)",
+         flat["model.quantize_base"] != "none"),
+        ("needs model.scan_layers=False (it decomposes each layer's own kernel)",
+         flat["model.scan_layers"])) if bad]
 
 
 def _encoder_errors(flat: dict) -> list[str]:

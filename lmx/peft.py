@@ -27,6 +27,11 @@ METHODS = ("full", "lora", "houlsby", "pfeiffer", "bitfit", "prompt", "prefix", 
 # Every LayerNorm / RMSNorm gain (and bias) of the model: LN tuning's default trainables.
 ALL_NORMS = r"params/(.*/)?[a-z_]*norm/(scale|bias)"
 LORA_ALPHA = 16.0  # the defaults, here once (lmx/config.py's schema reads them)
+# How LoRA's A and B start (PEFT's init_lora_weights): "default" (A Kaiming-uniform, B = 0),
+# "pissa" (A, B from the top-r SVD of W, the residual left in the frozen base), "pissa_niter_K"
+# (the same from a randomized SVD, K subspace iterations), "olora" (from the QR of W).
+LORA_INITS = ("default", "pissa", "pissa_niter_K", "olora")
+TOKEN_TABLE = "embed/token"  # the module path of the token embedding table (a LoRA target too)
 ADAPTER_SIZE = 64
 
 
@@ -39,6 +44,7 @@ class PeftSpec:
     lora_rslora: bool = False
     lora_targets: frozenset[str] = frozenset()  # module paths, e.g. "layer_0/attention/query"
     lora_dora: bool = False  # DoRA: a learned magnitude per output feature (PEFT's use_dora)
+    lora_init: str = "default"  # one of LORA_INITS (lmx.peft.init_from_base applies it)
     # Per-module rank / alpha where they differ from lora_rank / lora_alpha (PEFT's
     # rank_pattern / alpha_pattern, resolved to module paths): ((module path, value), ...)
     lora_rank_pattern: tuple[tuple[str, int], ...] = ()
@@ -117,7 +123,9 @@ def spec_from_config(peft_config: ml_collections.ConfigDict, base_params: Any) -
                 base_params, peft_config.lora.targets, what="config.peft.lora.targets")
         # "params/layer_0/attention/query/kernel" -> module path "layer_0/attention/query"
         module_paths = frozenset(p.split("/", 1)[1].rsplit("/", 1)[0] for p in kernel_paths)
+        check_lora_init(peft_config.lora.init, "config.peft.lora.init")
         return PeftSpec(
+                lora_init=peft_config.lora.init,
                 lora_rank=peft_config.lora.rank,
                 lora_alpha=peft_config.lora.alpha,
                 lora_dropout=peft_config.lora.dropout,
@@ -160,7 +168,7 @@ def _pattern(rules, module_paths: frozenset[str], kind: type, what: str
     chosen, used = {}, set()
     for module in sorted(module_paths):
         for pattern, value in rules:
-            if re.fullmatch(pattern, f"params/{module}/kernel"):
+            if re.fullmatch(pattern, f"params/{module}/{weight_name(module)}"):
                 chosen[module] = kind(value)
                 used.add(pattern)
                 break
@@ -193,6 +201,10 @@ def scanned_spec(spec: PeftSpec, num_layers: int) -> PeftSpec:
             out.add(f"layers/block/{module}")
         return frozenset(out)
 
+    if spec.lora_init != "default":
+        raise ValueError(f"config.peft.lora.init={spec.lora_init!r} decomposes each layer's own "
+                         "kernel, which one block shared by scanned layers does not hold: set "
+                         "config.model.scan_layers=False")
     if spec.lora_rank_pattern or spec.lora_alpha_pattern:
         raise ValueError("config.peft.lora.rank_pattern / alpha_pattern give modules their own "
                          "rank or alpha, which one block shared by scanned layers cannot hold: "
@@ -251,6 +263,12 @@ def lora_delta(peft_module: dict, scale: float):
     return scale * jnp.einsum("...r,ro->...o", a.astype(jnp.float32), b_RO.astype(jnp.float32))
 
 
+def weight_name(module_path: str) -> str:
+    """The leaf a LoRA target adapts: a Dense's `kernel` (I, O), the token table's
+    `embedding` (V, D); both take `W + s A B` in the same layout."""
+    return "embedding" if module_path == TOKEN_TABLE else "kernel"
+
+
 def _lora_modules(variables: dict, spec: PeftSpec):
     """(module path, its `peft` node, its kernel) for every LoRA target."""
     params = traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]), sep="/")
@@ -259,7 +277,7 @@ def _lora_modules(variables: dict, spec: PeftSpec):
         node = peft
         for name in module_path.split("/"):
             node = node[name]
-        yield module_path, node, params[f"{module_path}/kernel"]
+        yield module_path, node, params[f"{module_path}/{weight_name(module_path)}"]
 
 
 def _magnitude_over_norm(magnitude: jax.Array, norm: jax.Array) -> jax.Array:
@@ -288,7 +306,7 @@ def _fold_lora(variables: dict, spec: PeftSpec, sign: float,
                 - delta
         else:
             weight = weight + sign * delta
-        params[f"{module_path}/kernel"] = weight.astype(kernel.dtype)
+        params[f"{module_path}/{weight_name(module_path)}"] = weight.astype(kernel.dtype)
     return traverse_util.unflatten_dict(params, sep="/")
 
 
@@ -303,7 +321,7 @@ def merge_lora(variables: dict, spec: PeftSpec) -> tuple[dict, PeftSpec]:
         merged[PEFT] = rest
     return merged, dataclasses.replace(spec, lora_rank=0, lora_targets=frozenset(),
                                        lora_dora=False, lora_rank_pattern=(),
-                                       lora_alpha_pattern=())
+                                       lora_alpha_pattern=(), lora_init="default")
 
 
 def unmerge_lora(merged_variables: dict, lora_variables: dict, spec: PeftSpec,
@@ -363,10 +381,117 @@ def unmerge_ia3(merged_variables: dict, ia3_variables: dict, spec: PeftSpec) -> 
     return {**variables, "params": _fold_ia3(variables, spec, invert=True)}
 
 
+def check_lora_init(name: str, what: str) -> None:
+    """A clear error for a LoRA init lmx does not have (LORA_INITS; K a positive integer)."""
+    if name not in ("default", "pissa", "olora") and not re.fullmatch(r"pissa_niter_[1-9]\d*",
+                                                                        name):
+        raise ValueError(f"{what}={name!r} is not one of {LORA_INITS} (K a positive integer)")
+
+
+def decompose(kernel_IO: jax.Array, rank: int, scale: float, how: str, key: jax.Array
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(A (I, R), B (R, O), residual W - s A B) of a Dense kernel as PEFT's `pissa_init` /
+    `olora_init` make them, in float32. PiSSA: W^T = U S V^T, A = sqrt(S_r / s) V_r^T,
+    B = U_r sqrt(S_r / s); OLoRA: W^T = Q R, A = R_r, B = Q_r (no 1 / s: s A B is not W's
+    rank-r part, which the residual absorbs). `key` draws the randomized SVD's test matrix."""
+    w_OI = kernel_IO.astype(jnp.float32).T
+    if how == "olora":
+        q_OK, r_KI = jnp.linalg.qr(w_OI)
+        b_OR, a_RI = q_OK[:, :rank], r_KI[:rank]
+    else:
+        if how == "pissa":
+            u_OK, s_K, vh_KI = jnp.linalg.svd(w_OI, full_matrices=False)
+            u_OR, s_R, vh_RI = u_OK[:, :rank], s_K[:rank], vh_KI[:rank]
+        else:
+            u_OR, s_R, vh_RI = svd_lowrank(w_OI, rank, int(how.rsplit("_", 1)[1]), key)
+        root_R = jnp.sqrt(s_R / scale)
+        a_RI, b_OR = root_R[:, None] * vh_RI, u_OR * root_R[None, :]
+    residual_OI = w_OI - scale * (b_OR @ a_RI)
+    return a_RI.T, b_OR.T, residual_OI.T.astype(kernel_IO.dtype)
+
+
+def svd_lowrank(m_OI: jax.Array, rank: int, niter: int, key: jax.Array):
+    """Halko et al.'s randomized rank-r SVD with `niter` subspace iterations, the algorithm of
+    torch.svd_lowrank (q = rank, no oversampling): (U (O, R), S (R,), V^T (R, I))."""
+    q_OR = jnp.linalg.qr(m_OI @ jax.random.normal(key, (m_OI.shape[1], rank)))[0]
+    for _ in range(niter):
+        q_IR = jnp.linalg.qr(m_OI.T @ q_OR)[0]
+        q_OR = jnp.linalg.qr(m_OI @ q_IR)[0]
+    u_RR, s_R, vh_RI = jnp.linalg.svd(q_OR.T @ m_OI, full_matrices=False)
+    return q_OR @ u_RR, s_R, vh_RI
+
+
+def initial_lora(variables: dict, spec: PeftSpec, key: jax.Array | None = None
+                 ) -> tuple[dict, dict]:
+    """`spec.lora_init` applied to the base in `variables`: (params with each target's kernel
+    replaced by its residual, {module path: {"lora_a", "lora_b"}} at init). The token table
+    keeps the default init (PEFT's Embedding has no PiSSA / OLoRA). Deterministic: the
+    randomized SVD draws from `key` (default key(0)) folded with the module's index."""
+    if spec.lora_init == "default":
+        return variables["params"], {}
+    if spec.quantized or spec.lora_dora:
+        raise ValueError(f"config.peft.lora.init={spec.lora_init!r} is not built for "
+                         f"{'a quantized base' if spec.quantized else 'DoRA'}: the "
+                         "decomposition needs float kernels and plain LoRA")
+    key = jax.random.key(0) if key is None else key
+    params = traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]), sep="/")
+    initial = {}
+    for index, module_path in enumerate(sorted(spec.lora_targets - {TOKEN_TABLE})):
+        kernel = params[f"{module_path}/kernel"]
+        if kernel.ndim != 2:
+            raise ValueError(f"config.peft.lora.init={spec.lora_init!r}: {module_path}'s kernel "
+                             f"{kernel.shape} is not a Dense (I, O) kernel (scanned or Conv)")
+        path = tuple(module_path.split("/"))
+        a, b, residual = decompose(kernel, spec.lora_rank_of(path), spec.lora_scale_of(path),
+                                   spec.lora_init, jax.random.fold_in(key, index))
+        params[f"{module_path}/kernel"] = jax.device_put(residual,
+                                                         getattr(kernel, "sharding", None))
+        initial[module_path] = {"lora_a": a, "lora_b": b}
+    return traverse_util.unflatten_dict(params, sep="/"), initial
+
+
+def as_plain_lora(peft_vars: dict, initial: dict, spec: PeftSpec) -> tuple[dict, PeftSpec]:
+    """A PiSSA / OLoRA adapter as plain LoRA on the ORIGINAL base (PEFT's
+    `path_initial_model_for_weight_conversion`): s A B - s A0 B0 = s' [A | A0] [B ; -B0] with
+    rank 2r and s' = s (alpha 2x, rsLoRA sqrt(2)x). `initial` is `initial_lora`'s second
+    output (or the `peft` tree at init)."""
+    if spec.lora_rslora and (spec.lora_rank_pattern or spec.lora_alpha_pattern):
+        raise ValueError("converting a PiSSA / OLoRA adapter with rsLoRA and rank / alpha "
+                         "patterns is not supported (nor by PEFT)")
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(peft_vars), sep="/")
+    for module_path in sorted(spec.lora_targets - {TOKEN_TABLE}):
+        start = initial[module_path]
+        flat[f"{module_path}/lora_a"] = jnp.concatenate(
+            [flat[f"{module_path}/lora_a"], start["lora_a"]], axis=-1)
+        flat[f"{module_path}/lora_b"] = jnp.concatenate(
+            [flat[f"{module_path}/lora_b"], -start["lora_b"]], axis=0)
+    if TOKEN_TABLE in spec.lora_targets:
+        raise ValueError("as_plain_lora: the token table's LoRA starts at the default init; "
+                         "doubling its rank is not built")
+    factor = math.sqrt(2.0) if spec.lora_rslora else 2.0
+    plain = dataclasses.replace(
+        spec, lora_init="default", lora_rank=2 * spec.lora_rank,
+        lora_alpha=factor * spec.lora_alpha,
+        lora_rank_pattern=tuple((p, 2 * r) for p, r in spec.lora_rank_pattern),
+        lora_alpha_pattern=tuple((p, 2 * a) for p, a in spec.lora_alpha_pattern))
+    return traverse_util.unflatten_dict(flat, sep="/"), plain
+
+
 def init_from_base(variables: dict, spec: PeftSpec) -> dict:
     """`variables` with the PEFT state that depends on the base weights recomputed from the
-    base now in them (a model is initialised before pretrained weights are laid in): DoRA's
-    magnitude `||W + s A B||` per output feature, as PEFT's `update_layer` sets it."""
+    base now in them (a model is initialised before pretrained weights are laid in): PiSSA /
+    OLoRA's A, B and residual base (`initial_lora`), DoRA's magnitude `||W + s A B||` per
+    output feature, as PEFT's `update_layer` sets it."""
+    if spec.lora_init != "default":
+        params, initial = initial_lora(variables, spec)
+        flat = traverse_util.flatten_dict(flax.core.unfreeze(variables[PEFT]), sep="/")
+        for path, leaves in initial.items():
+            for name, value in leaves.items():
+                old = flat[f"{path}/{name}"]
+                flat[f"{path}/{name}"] = jax.device_put(value.astype(old.dtype),
+                                                        getattr(old, "sharding", None))
+        variables = {**variables, "params": params,
+                     PEFT: traverse_util.unflatten_dict(flat, sep="/")}
     if not spec.lora_dora:
         return variables
     flat = traverse_util.flatten_dict(flax.core.unfreeze(variables[PEFT]), sep="/")

@@ -130,6 +130,10 @@ def stack(adapters: dict[str, Adapter]) -> tuple[MixedSpec, dict]:
     if any(s.lora_dora or s.lora_rank_pattern or s.lora_alpha_pattern for s in specs):
         raise ValueError("mixed-adapter batches take plain LoRA: DoRA and per-module rank / "
                          "alpha patterns (one scale per adapter here) are not supported")
+    if any(s.lora_init != "default" or "embed/token" in s.lora_targets for s in specs):
+        raise ValueError("mixed-adapter batches take plain LoRA: PiSSA / OLoRA (lora_init, each "
+                         "adapter's own residual base) and LoRA on the token table are not "
+                         "supported")
     rank = max(s.lora_rank for s in specs)
     spec = PeftSpec(lora_rank=rank, lora_alpha=float(rank), lora_dropout=specs[0].lora_dropout,
                     lora_targets=frozenset().union(*(s.lora_targets for s in specs)),

@@ -231,14 +231,18 @@ def save_pretrained(module: nn.Module, variables: dict[str, Any],
 
 
 def save_adapter(module: nn.Module, variables: dict[str, Any], out_dir: str | pathlib.Path,
-                 base_model_name_or_path: str = "") -> pathlib.Path:
+                 base_model_name_or_path: str = "", initial: dict | None = None
+                 ) -> pathlib.Path:
     """Writes `variables["peft"]` (and any task-head `variables["params"]` given, which
     become PEFT `modules_to_save`) as a folder `peft.PeftModel.from_pretrained` loads; bottleneck
     adapters, which PEFT lacks, go in lmx's format (`lmx_adapter.json`), which
-    `from_pretrained(..., adapter=DIR)` reads too. Pass only the trained params."""
+    `from_pretrained(..., adapter=DIR)` reads too. Pass only the trained params. A PiSSA /
+    OLoRA adapter is saved as such (PEFT recomputes the residual from the original base on
+    load), or, given `initial` (its A, B at init: `lmx.peft.initial_lora(base, spec)[1]`),
+    as plain LoRA of twice the rank for the original base."""
     module, variables = _unrolled(module, variables)
     return adapters.save(module, family_of_module(module), variables, pathlib.Path(out_dir),
-                         base_model_name_or_path)
+                         base_model_name_or_path, initial)
 
 
 def _unrolled(module: nn.Module, variables: dict) -> tuple[nn.Module, dict]:

@@ -10,6 +10,7 @@ DST also receives the source's tokenizer files, so it is a complete folder.
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import shutil
 import types
@@ -49,6 +50,9 @@ def _save(module, variables, dst: pathlib.Path, merge: bool, base_name: str = ""
         peft_vars = None
     base = {k: v for k, v in variables.items() if k != peft_lib.PEFT}
     lmx.hf.save_pretrained(module.clone(peft=peft_lib.NO_PEFT), base, dst)
+    if peft_vars and module.peft.lora_init != "default":  # DST holds PiSSA / OLoRA's residual:
+        # the adapter is plain LoRA on it (PEFT would decompose the residual again on load)
+        module = module.clone(peft=dataclasses.replace(module.peft, lora_init="default"))
     if peft_vars:
         adapter = trained if trained is not None else {peft_lib.PEFT: peft_vars}
         lmx.hf.save_adapter(module, adapter, dst / "adapter", base_name)

@@ -5,6 +5,8 @@ A PEFT folder is `adapter_config.json` + `adapter_model.safetensors`. Tensor nam
 `base_model.model.<HF module>.lora_A.weight` (R, I), `.lora_B.weight` (O, R), `.ia3_l`
 ((O, 1) on outputs, (1, I) on feed-forward inputs), `prompt_embeddings` (P, D) for prompt
 tuning and (P, L * 2 * G * K) for prefix tuning (per layer: key then value, G kv heads);
+LoRA on the token table is `<HF module>.lora_embedding_A` (R, V) and `.lora_embedding_B`
+(D, R), and PEFT saves the table itself beside them (`.base_layer.weight`);
 `modules_to_save` (task heads) are full tensors under their HF names. LN tuning saves each
 tuned norm as `<HF norm>.ln_tuning_layers.weight` (and `.bias`). P-tuning and prefix
 projection save their encoder's output, not the encoder (PEFT's `get_prompt_embedding_to_save`)
@@ -23,9 +25,10 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from lmx import peft as peft_lib
 from lmx.hf import core
 from lmx.models import prompt_encoders
-from lmx.peft import ALL_NORMS, NO_PEFT, PeftSpec
+from lmx.peft import ALL_NORMS, NO_PEFT, TOKEN_TABLE, PeftSpec
 
 PEFT_CONFIG, LMX_CONFIG = "adapter_config.json", "lmx_adapter.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -39,7 +42,8 @@ _UNSUPPORTED = {"lora_bias": "LoRA biases", "layers_to_transform": "layers_to_tr
 
 
 def hf_modules(family, module) -> dict[str, tuple[str, tuple[int, int] | None]]:
-    """lmx module path -> (HF module name as PEFT sees it, fused part) for every Dense."""
+    """lmx module path -> (HF module name as PEFT sees it, fused part) for every Dense and
+    the token table."""
     rules = family.tensor_map(module.clone(peft=NO_PEFT))
     names = {rule.name: rule.name for rule in rules.values()}
     hook = getattr(family, "write_hook", None)
@@ -48,7 +52,8 @@ def hf_modules(family, module) -> dict[str, tuple[str, tuple[int, int] | None]]:
     live = getattr(family, "peft_module_name", lambda name: name)
     return {path.split("/", 1)[1].rsplit("/", 1)[0]:
             (live(names[rule.name].removesuffix(".weight")), rule.part)
-            for path, rule in rules.items() if path.endswith("/kernel")}
+            for path, rule in rules.items()
+            if path.endswith("/kernel") or path == f"params/{TOKEN_TABLE}/embedding"}
 
 
 def _matches(hf_name: str, targets) -> bool:
@@ -76,6 +81,22 @@ def _pattern_of(pattern: dict | None, targets, names, kind) -> tuple[tuple[str, 
     return tuple(sorted(chosen.items()))
 
 
+def _lora_init(config: dict[str, Any], source: str) -> str:
+    """lmx's `lora_init` of PEFT's `init_lora_weights`. PEFT re-runs PiSSA / OLoRA on the
+    base it loads an adapter onto (the residual is not saved); lmx does the same. A random
+    init (pissa_niter_K) would draw another residual on every load, and other base-changing
+    inits are not built: both are refused by name."""
+    value = config.get("init_lora_weights", True)
+    if value in (True, False, "gaussian"):
+        return "default"
+    if value in ("pissa", "olora"):
+        return value
+    why = ("a randomized SVD: loading draws another residual base each time (convert it with "
+           "PEFT's path_initial_model_for_weight_conversion)" if str(value).startswith("pissa")
+           else "not supported by lmx")
+    raise ValueError(f"{source}: init_lora_weights={value!r}: {why}")
+
+
 def spec_of(config: dict[str, Any], names: dict[str, tuple], source: str) -> PeftSpec:
     """The PeftSpec of a PEFT `adapter_config.json` for a module whose Dense names are `names`."""
     _check_supported(config, source)
@@ -91,6 +112,7 @@ def spec_of(config: dict[str, Any], names: dict[str, tuple], source: str) -> Pef
                         lora_dropout=config.get("lora_dropout", 0.0),
                         lora_rslora=bool(config.get("use_rslora")), lora_targets=targets,
                         lora_dora=bool(config.get("use_dora")),
+                        lora_init=_lora_init(config, source),
                         lora_rank_pattern=_pattern_of(config.get("rank_pattern"), targets,
                                                       names, int),
                         lora_alpha_pattern=_pattern_of(config.get("alpha_pattern"), targets,
@@ -147,8 +169,11 @@ def apply(variables: dict, module, family, adapter: dict, expected: dict, source
     if wrong or needed:
         raise ValueError(f"{source} does not fit the model: unknown or mis-shaped {wrong}; "
                          f"missing {needed}")
-    merged = {**traverse_util.flatten_dict(variables, sep="/"), **flat}
-    return traverse_util.unflatten_dict(merged, sep="/")
+    merged = traverse_util.unflatten_dict(
+        {**traverse_util.flatten_dict(variables, sep="/"), **flat}, sep="/")
+    if module.peft.lora_init != "default":  # as PEFT's load: the residual of this base
+        merged["params"] = peft_lib.initial_lora(merged, module.peft)[0]
+    return merged
 
 
 def _peft_to_lmx(module, family, tensors, expected, source) -> dict[str, np.ndarray]:
@@ -168,7 +193,12 @@ def _peft_to_lmx(module, family, tensors, expected, source) -> dict[str, np.ndar
     for lmx_module, (hf, part) in names.items():
         i, n = part or (0, 1)
         split = lambda x, axis: np.split(x, n, axis=axis)[i]
-        if spec.is_lora_target(tuple(lmx_module.split("/"))):
+        if lmx_module == TOKEN_TABLE and spec.is_lora_target((TOKEN_TABLE,)):
+            flat[f"peft/{lmx_module}/lora_a"] = tensors.pop(f"{hf}.lora_embedding_A").T
+            flat[f"peft/{lmx_module}/lora_b"] = tensors.pop(f"{hf}.lora_embedding_B").T
+            if f"{hf}.base_layer.weight" in tensors:  # PEFT saves the table too: as its load
+                flat[f"params/{lmx_module}/embedding"] = tensors.pop(f"{hf}.base_layer.weight")
+        elif spec.is_lora_target(tuple(lmx_module.split("/"))):
             flat[f"peft/{lmx_module}/lora_a"] = tensors[f"{hf}.lora_A.weight"].T
             flat[f"peft/{lmx_module}/lora_b"] = split(tensors[f"{hf}.lora_B.weight"], 0).T
             if spec.lora_dora:  # the norm is per output feature: a fused module splits
@@ -192,7 +222,9 @@ def _untargeted(spec, names, tensors) -> list[str]:
     for lmx_module, (hf, _) in names.items():
         path = tuple(lmx_module.split("/"))
         if spec.is_lora_target(path):
-            wanted |= {f"{hf}.lora_A.weight", f"{hf}.lora_B.weight"}
+            wanted |= ({f"{hf}.lora_embedding_A", f"{hf}.lora_embedding_B"}
+                       if lmx_module == TOKEN_TABLE else
+                       {f"{hf}.lora_A.weight", f"{hf}.lora_B.weight"})
         if spec.ia3_mode(path):
             wanted.add(f"{hf}.ia3_l")
     return sorted(wanted - set(tensors))
@@ -227,12 +259,21 @@ def _heads_to_lmx(module, family, tensors, expected, source) -> dict[str, np.nda
 
 
 def save(module, family, variables: dict, out_dir: pathlib.Path,
-         base_model_name_or_path: str = "") -> pathlib.Path:
+         base_model_name_or_path: str = "", initial: dict | None = None) -> pathlib.Path:
     """Writes `variables["peft"]` (+ trained task-head `variables["params"]`) as a PEFT folder
-    when PEFT has the method, else in lmx's format (bottleneck adapters, mixed methods)."""
+    when PEFT has the method, else in lmx's format (bottleneck adapters, mixed methods).
+    `initial` (a PiSSA / OLoRA adapter's A, B at init, `lmx.peft.initial_lora`) converts it
+    to plain LoRA for the original base (PEFT's `path_initial_model_for_weight_conversion`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = module.peft
     prompted = bool(spec.num_prompt_tokens)
+    if initial is not None:
+        peft_vars, spec = peft_lib.as_plain_lora(variables["peft"], initial, spec)
+        module, variables = module.clone(peft=spec), {**variables, "peft": peft_vars}
+    elif spec.lora_init.startswith("pissa_niter"):
+        raise ValueError(f"lora_init={spec.lora_init!r} is a randomized SVD: PEFT would draw "
+                         "another residual base on load; pass initial= (the adapter at init) "
+                         "to save it as plain LoRA")
     methods = [m for m, on in (("LORA", spec.lora_rank), ("IA3", spec.ia3_targets),
                                ("PROMPT_TUNING", prompted and not spec.prompt_encoder),
                                ("P_TUNING", prompted and spec.prompt_encoder),
@@ -326,8 +367,10 @@ def _dense_to_peft(module, family, flat: dict, kind: str) -> tuple[dict, dict]:
             if part is not None:
                 raise ValueError(f"{lmx_module}: LoRA on a part of the fused HF module {hf} is "
                                  "not one PEFT LoRA; save it in lmx's format")
-            tensors[f"{hf}.lora_A.weight"] = flat[f"peft/{lmx_module}/lora_a"].T
-            tensors[f"{hf}.lora_B.weight"] = flat[f"peft/{lmx_module}/lora_b"].T
+            names = (("lora_embedding_A", "lora_embedding_B") if lmx_module == TOKEN_TABLE
+                     else ("lora_A.weight", "lora_B.weight"))
+            tensors[f"{hf}.{names[0]}"] = flat[f"peft/{lmx_module}/lora_a"].T
+            tensors[f"{hf}.{names[1]}"] = flat[f"peft/{lmx_module}/lora_b"].T
             if spec.lora_dora:
                 tensors[f"{hf}.lora_magnitude_vector"] = flat[f"peft/{lmx_module}/lora_magnitude"]
             targets.add(hf)
@@ -351,6 +394,7 @@ def _dense_to_peft(module, family, flat: dict, kind: str) -> tuple[dict, dict]:
         config = dict(r=spec.lora_rank, lora_alpha=spec.lora_alpha,
                       lora_dropout=spec.lora_dropout, use_rslora=spec.lora_rslora,
                       target_modules=sorted(targets), bias="none", use_dora=spec.lora_dora,
+                      init_lora_weights=True if spec.lora_init == "default" else spec.lora_init,
                       # full module names: PEFT's `(.*\.)?(key)$` matches each only itself
                       rank_pattern={hf_names[m]: r for m, r in spec.lora_rank_pattern},
                       alpha_pattern={hf_names[m]: a for m, a in spec.lora_alpha_pattern})

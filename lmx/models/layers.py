@@ -227,6 +227,41 @@ class Dense(nn.Module):
         return y_BO
 
 
+class Embed(nn.Module):
+    """A lookup table `embedding` (V, D) (flax's `nn.Embed` contract), plus PEFT's LoRA on it
+    when it is a target: `table[ids] + s * A[ids] @ B`, A (V, R) zeros and B (R, D) N(0, 1)
+    at init (PEFT's `lora_embedding_A` / `_B` transposed); no LoRA dropout (as PEFT)."""
+    num_embeddings: int
+    features: int
+    axes: tuple[str | None, str | None]
+    embedding_init: Callable = nn.initializers.normal(0.02)
+    peft: PeftSpec = NO_PEFT
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(self.embedding_init, self.axes),
+            (self.num_embeddings, self.features))
+        self.lora = self.peft.is_lora_target(self.scope.path)
+        if self.lora:
+            if self.peft.lora_dora:
+                raise ValueError(f"DoRA on the embedding table {'/'.join(self.scope.path)} is "
+                                 "not built: target Dense layers only")
+            rank = self.peft.lora_rank_of(self.scope.path)
+            self.a_VR = _peft_variable(self, "lora_a", nn.initializers.zeros,
+                                       (self.num_embeddings, rank), (self.axes[0], ax.RANK))
+            self.b_RD = _peft_variable(self, "lora_b", nn.initializers.normal(1.0),
+                                       (rank, self.features), (ax.RANK, self.axes[1]))
+
+    def __call__(self, ids_BT: jax.Array) -> jax.Array:
+        x_BTD = jnp.take(self.embedding, ids_BT, axis=0)
+        if not self.lora:
+            return x_BTD
+        if self.a_VR.ndim == 3:
+            raise ValueError("LoRA on the embedding table takes one adapter (not per row)")
+        update_BTD = matmul(jnp.take(self.a_VR, ids_BT, axis=0), self.b_RD, jnp.float32)
+        return x_BTD + self.peft.lora_scale_of(self.scope.path) * update_BTD
+
+
 class Conv(nn.Module):
     """2-D convolution (NHWC, no bias), plus a LoRA update (k x k conv to R, then 1x1 to O).
 

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 
 from lmx.models import decoder_features, prompt_encoders
 from lmx.models.decoder_features import Mlp, layer_is_local, make_norm, softcap
-from lmx.models.layers import Bottleneck, Dense, Dropout, add_bias, gelu, layer_norm, matmul
-from lmx.peft import NO_PEFT, PEFT, PeftSpec
+from lmx.models.layers import (Bottleneck, Dense, Dropout, Embed, add_bias, gelu, layer_norm,
+                               matmul)
+from lmx.peft import NO_PEFT, PEFT, TOKEN_TABLE, PeftSpec
 from lmx.scale import sharding as ax
 
 TASKS = ("hidden", "mlm", "causal_lm", "sequence_classification", "token_classification")
@@ -152,8 +153,8 @@ class Embeddings(nn.Module):
     def setup(self):
         cfg = self.cfg
         init = nn.initializers.normal(0.02)
-        self.token = nn.Embed(cfg.vocab_size, cfg.embed_dim, name="token",
-                              embedding_init=nn.with_logical_partitioning(init, (ax.VOCAB, ax.EMBED)))
+        self.token = Embed(cfg.vocab_size, cfg.embed_dim, (ax.VOCAB, ax.EMBED), init,
+                           peft=self.peft, name="token")
         if cfg.positions == "learned":
             self.position = nn.Embed(cfg.max_len, cfg.embed_dim, name="position",
                                      embedding_init=nn.with_logical_partitioning(init, (None, ax.EMBED)))
@@ -174,6 +175,8 @@ class Embeddings(nn.Module):
 
     def __call__(self, ids_BT, token_types_BT, positions_BT, deterministic: bool,
                  embeds_BTD=None):
+        if embeds_BTD is not None and self.token.lora:
+            raise ValueError("embeds_BTD replaces the token lookup, which carries LoRA here")
         x_BTD = self.token(ids_BT) if embeds_BTD is None else embeds_BTD
         if self.cfg.embed_scale:  # Gemma: a float32 sqrt(D), as transformers computes it
             x_BTD = x_BTD * jnp.asarray(self.cfg.embed_dim ** 0.5, jnp.float32).astype(x_BTD.dtype)
@@ -325,6 +328,12 @@ class Transformer(nn.Module):
         cfg = self.cfg
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not one of {TASKS}")
+        if TOKEN_TABLE in self.peft.lora_targets and (
+                self.task == "mlm" or (self.task == "causal_lm" and cfg.tie_embeddings)):
+            raise ValueError(f"LoRA on the token table ({TOKEN_TABLE}) of a {self.task} model "
+                             "whose head reads the same table (tied input / output embeddings) "
+                             "is not supported: the head would see the base table unmerged and "
+                             "the adapted one merged; target Dense layers only")
         B, T = ids_BT.shape
         mask_BT = jnp.ones((B, T), bool) if mask_BT is None else mask_BT.astype(bool)
         token_types_BT = jnp.zeros_like(ids_BT) if token_types_BT is None else token_types_BT

@@ -240,7 +240,8 @@ def create(config: ml_collections.ConfigDict, num_labels: int, mesh, rules,
     variables = flax.core.unfreeze(variables)
     if loaded is not None:
         variables = _overlay(variables, shardings, quantize_loaded(loaded, spec), model_dir)
-        variables = peft_lib.init_from_base(variables, spec)
+    # DoRA's magnitude, PiSSA / OLoRA's A, B and residual: from the base now in place
+    variables = peft_lib.init_from_base(variables, spec)
     return Model(module, variables, shardings, flax.core.unfreeze(boxed), model_dir)
 
 
