@@ -79,7 +79,7 @@ def peft_errors(flat: dict) -> list[str]:
 
 
 def lora_init_errors(flat: dict) -> list[str]:
-    """PiSSA / OLoRA settings that cannot build (lmx.peft.initial_lora)."""
+    """PiSSA / OLoRA settings that cannot build (lmx.peft_init.initial_lora)."""
     init = flat["peft.lora.init"]
     if init == "default":
         return []

@@ -12,7 +12,7 @@ LMX = pathlib.Path(__file__).resolve().parent.parent / "lmx"
 LAYERS = (
     ("core", ("lmx.paths", "lmx.metrics", "lmx.report", "lmx.provenance", "lmx.quant",
               "lmx.scale.sharding", "lmx.scale.distributed")),
-    ("peft", ("lmx.peft", "lmx.adapters")),
+    ("peft", ("lmx.peft", "lmx.peft_init", "lmx.adapters")),
     ("models", ("lmx.models",)),
     ("interop", ("lmx.hf",)),
     ("data", ("lmx.data",)),

@@ -11,7 +11,7 @@ from test_hf_models import HEADS, batch, reference
 import lmx.hf
 import lmx.hf.__main__ as lmx_hf_main
 from experiments import tiny_synthetic
-from lmx import config as config_lib, peft as peft_lib
+from lmx import config as config_lib, peft as peft_lib, peft_init
 from lmx.scale import sharding
 from lmx.train import build
 
@@ -59,7 +59,7 @@ def test_pissa_olora_equal_peft_and_round_trip(family, init, tmp_path):
 
     # on the same base weights, lmx's A, B and residual equal PEFT's
     base_module, base = lmx.hf.from_pretrained(tmp_path / "base")
-    residual, initial = peft_lib.initial_lora(base, model.peft)
+    residual, initial = peft_init.initial_lora(base, model.peft)
     flat_residual = traverse_util.flatten_dict(residual, sep="/")
     names = lmx.hf.adapters.hf_modules(lmx.hf.family_of_module(model), model)
     worst = 0.0
@@ -151,12 +151,12 @@ def test_pissa_niter_product_equals_peft_and_exact_pissa():
     layer = hf.base_model.model.lin
     theirs = 2.0 * (layer.lora_B["default"].weight @ layer.lora_A["default"].weight)
     theirs_residual = layer.base_layer.weight.detach().numpy()
-    a, b, residual = peft_lib.decompose(w_OI.T, 4, 2.0, "pissa_niter_4", jax.random.key(3))
+    a, b, residual = peft_init.decompose(w_OI.T, 4, 2.0, "pissa_niter_4", jax.random.key(3))
     ours = 2.0 * np.asarray(a @ b).T
     np.testing.assert_allclose(ours, theirs.detach().numpy(), atol=TOL)
     np.testing.assert_allclose(np.asarray(residual).T, theirs_residual, atol=TOL)
     np.testing.assert_allclose(np.asarray(residual) + 2.0 * np.asarray(a @ b), w_OI.T, atol=1e-6)
-    exact_a, exact_b, _ = peft_lib.decompose(w_OI.T, 4, 2.0, "pissa", None)
+    exact_a, exact_b, _ = peft_init.decompose(w_OI.T, 4, 2.0, "pissa", None)
     np.testing.assert_allclose(np.asarray(exact_a @ exact_b), np.asarray(a @ b), atol=TOL)
 
 
@@ -181,7 +181,7 @@ def test_build_applies_the_init_to_the_base_in_place():
         w = np.asarray(node(plain.variables["params"])["kernel"])
         rank, scale = spec.lora_rank_of(tuple(path.split("/"))), spec.lora_scale_of(
             tuple(path.split("/")))
-        a, b, residual = peft_lib.decompose(w, rank, scale, "pissa", None)
+        a, b, residual = peft_init.decompose(w, rank, scale, "pissa", None)
         got = node(pissa.variables["peft"])
         np.testing.assert_allclose(np.asarray(got["lora_a"]), np.asarray(a), atol=1e-6)
         np.testing.assert_allclose(np.asarray(got["lora_b"]), np.asarray(b), atol=1e-6)
@@ -218,7 +218,7 @@ def test_randomized_pissa_is_refused_in_peft_folders(tmp_path):
     module, variables = lmx.hf.from_pretrained(tmp_path / "base")
     spec = peft_lib.PeftSpec(lora_rank=2, lora_targets=frozenset({"layer_0/attention/query"}),
                              lora_init="pissa_niter_2")
-    residual, initial = peft_lib.initial_lora(variables, spec)
+    residual, initial = peft_init.initial_lora(variables, spec)
     with pytest.raises(ValueError, match="pass initial="):
         lmx.hf.save_adapter(module.clone(peft=spec), {"peft": {"layer_0": {"attention": {
             "query": initial["layer_0/attention/query"]}}}}, tmp_path / "out")

@@ -12,7 +12,7 @@ from test_training import _assert_unchanged, _steps
 
 import lmx.hf
 from experiments import tiny_synthetic
-from lmx import config as config_lib, peft as peft_lib
+from lmx import config as config_lib, peft as peft_lib, peft_init
 from lmx.models.layers import Dense
 from lmx.train import loop, optim
 
@@ -150,7 +150,7 @@ def test_dora_magnitude_is_recomputed_from_the_pretrained_base():
     x = np.random.default_rng(2).normal(size=(2, 6)).astype(np.float32)
     stale = {"params": {"dense": {"kernel": kernel}}, "peft": peft_vars}
     assert np.abs(module.apply(stale, x) - x @ kernel).max() > 1e-2
-    fresh = peft_lib.init_from_base(stale, module.peft)
+    fresh = peft_init.init_from_base(stale, module.peft)
     np.testing.assert_allclose(module.apply(fresh, x), x @ kernel, atol=1e-5)
 
 

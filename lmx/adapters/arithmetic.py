@@ -140,7 +140,7 @@ def add_weighted_adapter(adapters: list[Adapter], weights: list[float], combinat
     if any(s.lora_init != "default" for s in specs):
         raise ValueError("add_weighted_adapter combines plain LoRA adapters: a PiSSA / OLoRA "
                          "adapter (lora_init) belongs to its own residual base; convert it "
-                         "first (lmx.peft.as_plain_lora)")
+                         "first (lmx.peft_init.as_plain_lora)")
     how = "linear" if len(adapters) == 1 else combination_type
     new_rank = _new_rank(specs, how, svd_rank)
     key = jax.random.key(0) if key is None else key

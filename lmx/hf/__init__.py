@@ -238,7 +238,7 @@ def save_adapter(module: nn.Module, variables: dict[str, Any], out_dir: str | pa
     adapters, which PEFT lacks, go in lmx's format (`lmx_adapter.json`), which
     `from_pretrained(..., adapter=DIR)` reads too. Pass only the trained params. A PiSSA /
     OLoRA adapter is saved as such (PEFT recomputes the residual from the original base on
-    load), or, given `initial` (its A, B at init: `lmx.peft.initial_lora(base, spec)[1]`),
+    load), or, given `initial` (its A, B at init: `lmx.peft_init.initial_lora(base, spec)[1]`),
     as plain LoRA of twice the rank for the original base."""
     module, variables = _unrolled(module, variables)
     return adapters.save(module, family_of_module(module), variables, pathlib.Path(out_dir),

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from lmx import peft as peft_lib
+from lmx import peft_init
 from lmx.hf import core
 from lmx.models import prompt_encoders
 from lmx.peft import ALL_NORMS, NO_PEFT, TOKEN_TABLE, PeftSpec
@@ -172,7 +172,7 @@ def apply(variables: dict, module, family, adapter: dict, expected: dict, source
     merged = traverse_util.unflatten_dict(
         {**traverse_util.flatten_dict(variables, sep="/"), **flat}, sep="/")
     if module.peft.lora_init != "default":  # as PEFT's load: the residual of this base
-        merged["params"] = peft_lib.initial_lora(merged, module.peft)[0]
+        merged["params"] = peft_init.initial_lora(merged, module.peft)[0]
     return merged
 
 
@@ -262,13 +262,13 @@ def save(module, family, variables: dict, out_dir: pathlib.Path,
          base_model_name_or_path: str = "", initial: dict | None = None) -> pathlib.Path:
     """Writes `variables["peft"]` (+ trained task-head `variables["params"]`) as a PEFT folder
     when PEFT has the method, else in lmx's format (bottleneck adapters, mixed methods).
-    `initial` (a PiSSA / OLoRA adapter's A, B at init, `lmx.peft.initial_lora`) converts it
+    `initial` (a PiSSA / OLoRA adapter's A, B at init, `lmx.peft_init.initial_lora`) converts it
     to plain LoRA for the original base (PEFT's `path_initial_model_for_weight_conversion`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = module.peft
     prompted = bool(spec.num_prompt_tokens)
     if initial is not None:
-        peft_vars, spec = peft_lib.as_plain_lora(variables["peft"], initial, spec)
+        peft_vars, spec = peft_init.as_plain_lora(variables["peft"], initial, spec)
         module, variables = module.clone(peft=spec), {**variables, "peft": peft_vars}
     elif spec.lora_init.startswith("pissa_niter"):
         raise ValueError(f"lora_init={spec.lora_init!r} is a randomized SVD: PEFT would draw "

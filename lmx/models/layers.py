@@ -155,7 +155,7 @@ def _peft_variable(module: nn.Module, name: str, init: Callable, shape, axes):
 def _dora_update(module: nn.Module, kernel, a, b, path, base_BO, update_BO) -> jax.Array:
     """PEFT's DoRA term added to the base output: `(c - 1) x W + c s x A B` with
     `c = m / ||W + s A B||` (the norm detached); the magnitude `m` starts at `||W||`
-    (`lmx.peft.init_from_base` recomputes it once pretrained weights are laid in)."""
+    (`lmx.peft_init.init_from_base` recomputes it once pretrained weights are laid in)."""
     delta = lora_delta({"lora_a": a, "lora_b": b}, module.peft.lora_scale_of(path))
     magnitude_O = _peft_variable(
         module, "lora_magnitude", lambda key, shape: dora_norm(kernel, delta).astype(

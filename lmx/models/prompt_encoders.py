@@ -106,6 +106,9 @@ def layer_prefixes(cfg, spec):
     without a projection (each attention layer then holds its own prefix vectors)."""
     if not (spec.num_prefix_tokens and spec.prefix_projection):
         return None
+    if cfg.scan_layers:
+        raise ValueError("config.peft.prefix_projection=True needs config.model.scan_layers="
+                         "False (a scanned block takes no per-layer slice of the projection)")
     P, L, G, K = spec.num_prefix_tokens, cfg.num_layers, cfg.kv_heads, cfg.head_dim
     prefix_PX = prefix_projection(P, G * K, spec.encoder_hidden_size or G * K, L,
                                   name="prefix_encoder")()

@@ -332,8 +332,7 @@ class Transformer(nn.Module):
                 self.task == "mlm" or (self.task == "causal_lm" and cfg.tie_embeddings)):
             raise ValueError(f"LoRA on the token table ({TOKEN_TABLE}) of a {self.task} model "
                              "whose head reads the same table (tied input / output embeddings) "
-                             "is not supported: the head would see the base table unmerged and "
-                             "the adapted one merged; target Dense layers only")
+                             "is not supported (its head reads the base table); target Dense only")
         B, T = ids_BT.shape
         mask_BT = jnp.ones((B, T), bool) if mask_BT is None else mask_BT.astype(bool)
         token_types_BT = jnp.zeros_like(ids_BT) if token_types_BT is None else token_types_BT
@@ -394,9 +393,6 @@ class Transformer(nn.Module):
                     x_BTD, mask_BTS, positions_BT, deterministic, mask_BT, decode,
                     None if prefix_L2PGK is None else prefix_L2PGK[i])
             return x_BTD
-        if prefix_L2PGK is not None:
-            raise ValueError("config.peft.prefix_projection=True needs config.model.scan_layers="
-                             "False (a scanned block takes no per-layer slice of the projection)")
         if len(set(cfg.layer_types)) > 1:
             raise ValueError("scan_layers needs every layer alike; layer_types mixes local and "
                              "global layers (set scan_layers=False)")

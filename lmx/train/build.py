@@ -23,7 +23,7 @@ import optax
 from absl import logging
 from flax import traverse_util
 
-from lmx import config as config_lib, paths, peft as peft_lib, quant
+from lmx import config as config_lib, paths, peft as peft_lib, peft_init, quant
 from lmx.models import families
 from lmx.scale import sharding
 from lmx.train import optim
@@ -241,7 +241,7 @@ def create(config: ml_collections.ConfigDict, num_labels: int, mesh, rules,
     if loaded is not None:
         variables = _overlay(variables, shardings, quantize_loaded(loaded, spec), model_dir)
     # DoRA's magnitude, PiSSA / OLoRA's A, B and residual: from the base now in place
-    variables = peft_lib.init_from_base(variables, spec)
+    variables = peft_init.init_from_base(variables, spec)
     return Model(module, variables, shardings, flax.core.unfreeze(boxed), model_dir)
 
 
