@@ -1,6 +1,9 @@
-"""Every experiment config builds and runs one training step under `runlocal`."""
+"""Every experiment config builds and runs two training steps under `runlocal` (the second
+fits the first step's batch better)."""
 import glob
 import importlib.util
+import itertools
+import json
 import os
 
 import numpy as np
@@ -35,16 +38,23 @@ def test_there_are_experiments():
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=os.path.basename)
-def test_runlocal_runs_one_step(path, tmp_path):
+def test_runlocal_runs_and_its_second_step_fits_the_batch_better(path, tmp_path, monkeypatch):
+    """Two steps on the same first batch: the second step's loss (after one update on that
+    batch) is below the first's (measured drops, 2-core AMD EPYC: 0.00024 tiny_synthetic,
+    0.005 resnet_images, 0.03-1.0 the others). Fails if no update reaches the trained
+    weights, or the loss ignores them."""
     config = _get_config(path, "runlocal")
     missing = [f for f in (config.data.train_file, config.data.validation_file,
                            config.data.test_file) if f and not os.path.exists(f)]
     shared_data.require(*missing)  # ../shared/data is not in the repository
-    config.train.num_steps = 1
+    config.train.num_steps, config.train.log_every = 2, 1
     config.train.eval_batch_size = 64
     config.data.max_eval_examples = 64  # the step is under test, not the full-split score
+    stream = loop.Trainer.train_stream
+    monkeypatch.setattr(loop.Trainer, "train_stream",
+                        lambda self, start: itertools.repeat(next(stream(self, start))))
     results = loop.run(config, str(tmp_path))
-    assert results["step"] == 1
+    assert results["step"] == 2
     headline = results["headline"]
     assert headline["value"] == results["validation"][headline["name"]]
     assert np.isfinite(headline["value"])
@@ -52,6 +62,9 @@ def test_runlocal_runs_one_step(path, tmp_path):
     tokens = config.model.task == "causal_lm" and config.model.family == "transformer"
     assert results["data"]["validation_examples"] <= 64 * (config.data.max_length + 1 if tokens
                                                            else 1)
+    with open(tmp_path / "metrics.jsonl") as f:
+        losses = [r["loss"] for r in map(json.loads, f) if "examples_per_second" in r]
+    assert len(losses) == 2 and losses[1] < losses[0], losses
 
 
 # (full fine-tuning runs through loop.run in tests/test_tasks.py and the runlocal steps above)
