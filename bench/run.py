@@ -66,6 +66,18 @@ def _raw_pair(lmx, ref, suite_name, w, method, dtype, model_dir, ceiling, lmx_fi
     return row
 
 
+def merge_raw(old: list[dict], new: list[dict]) -> list[dict]:
+    """`old` raw rows with those run again (same workload, method and lmx dtype) replaced in
+    place and the rest of `new` appended: a raw part run in pieces (`--only`) keeps the rows
+    of the other pieces."""
+    def key(r):
+        return r["workload"], r["method"], r["lmx"]["dtype"]
+
+    fresh = {key(r): r for r in new}
+    kept = [fresh.pop(key(r), r) for r in old]
+    return kept + [r for r in new if key(r) in fresh]
+
+
 def _lora_vs_full(raw: list[dict]) -> list[dict]:
     out = []
     for lora in (r for r in raw if r["method"] == "lora"):
@@ -123,11 +135,18 @@ def run(suite_name: str, dtypes: list[str], epochs: float, workdir: str, command
             for method in w.methods:
                 for dtype in dtypes if "raw" in parts and (not only or
                                                            f"{w.name}:{method}" in only) else ():
-                    raw.append(_raw_pair(lmx, ref, suite_name, w, method, dtype,
-                                         dirs[w.pretrained], results["ceiling"],
-                                         len(raw) % 2 == 0))
+                    # fresh workers per row: its RSS increase owes nothing to earlier rows
+                    lmx_raw, ref_raw = Worker("lmx"), Worker("torch")
+                    try:
+                        raw.append(_raw_pair(lmx_raw, ref_raw, suite_name, w, method, dtype,
+                                             dirs[w.pretrained], results["ceiling"],
+                                             len(raw) % 2 == 0))
+                    finally:
+                        lmx_raw.close()
+                        ref_raw.close()
         if "raw" in parts:
-            results["raw"], results["lora_vs_full"] = raw, _lora_vs_full(raw)
+            results["raw"] = merge_raw(results["raw"], raw)
+            results["lora_vs_full"] = _lora_vs_full(results["raw"])
         if "compile" in parts:
             results["compile"] = [lmx("compile_seconds", scan=scan, suite=suite_name)
                                   for scan in (False, True)]

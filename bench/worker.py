@@ -20,7 +20,7 @@ from bench import workloads
 def _raw_step(module, suite: str, workload: str, **kwargs) -> dict:
     s = workloads.get_suite(suite)
     w = workloads.get_workload(s, workload)
-    return module.raw_step(w, s, batch=workloads.make_batch(w), **kwargs)
+    return {**module.raw_step(w, s, batch=workloads.make_batch(w), **kwargs), "pid": os.getpid()}
 
 
 def _end_to_end(module, suite: str, **kwargs) -> dict:

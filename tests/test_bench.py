@@ -67,6 +67,8 @@ def test_tiny_suite_writes_every_field_and_lora_needs_fewer_flops(tmp_path):
     for r in rows.values():
         assert all(r[side][f] > 0 for side in ("lmx", "torch") for f in RAW_FIELDS), r
         assert all(f in r["lmx"] for f in LMX_FIELDS)
+    for side in ("lmx", "torch"):  # each raw row in fresh workers: its memory is its own
+        assert len({r[side]["pid"] for r in results["raw"]}) == len(results["raw"])
     lora, full = rows["lora"]["lmx"], rows["full"]["lmx"]
     # No weight gradients for frozen weights: a LoRA step costs fewer FLOPs than a full one.
     assert lora["flops"] < full["flops"]
@@ -130,3 +132,17 @@ def test_every_part_command_is_kept_and_old_sections_carry_their_date():
     assert report.measured(results, "compile") == "; measured 2026-11-29"
     assert report.measured(results, "e2e-banking77") == "; measured 2026-12-06"
     assert report.measured(results, "e2e-conll") == ""
+
+
+def test_a_raw_part_run_in_pieces_keeps_the_other_pieces_rows():
+    from bench import run
+
+    def row(workload, method, t):
+        return {"workload": workload, "method": method, "lmx": {"dtype": "float32", "t": t}}
+
+    old = [row("minilm", "lora", 1), row("minilm", "full", 1), row("resnet50", "full", 1)]
+    merged = run.merge_raw(old, [row("resnet50", "full", 2), row("minilm", "lora", 2),
+                                 row("gpt2", "full", 2)])
+    assert [(r["workload"], r["method"], r["lmx"]["t"]) for r in merged] == [
+        ("minilm", "lora", 2), ("minilm", "full", 1), ("resnet50", "full", 2),
+        ("gpt2", "full", 2)]

@@ -134,6 +134,70 @@ def test_cifar10_resnet_from_tfds_resized(tmp_path):
     assert accuracy > 0.25 + IMAGE_MARGIN, results["validation"]
 
 
+def _planted_images(split):
+    """40 images per split whose pixels say their class: brightness 25 * label (+- 3 noise),
+    each of the 10 classes four times in a shuffled order."""
+    rng = np.random.default_rng(len(split))
+    labels = rng.permutation(np.arange(40) % 10)
+    return [(np.clip(25 * lab + rng.integers(-3, 4, (32, 32, 3)), 0, 255).astype(np.uint8),
+             int(lab)) for lab in labels]
+
+
+def _prepare_cifar10(data_dir):
+    """A real tfds cifar10 folder (array_record, PNG-encoded images) holding the planted
+    images, prepared without TensorFlow: the builder's own features and writer."""
+    import io  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+    from tensorflow_datasets.image_classification import cifar  # noqa: PLC0415
+
+    def png(image):
+        out = io.BytesIO()
+        Image.fromarray(image).save(out, format="PNG")
+        out.seek(0)
+        return out
+
+    class Planted(cifar.Cifar10, skip_registration=True):
+        name = "cifar10"  # written where tfds.builder("cifar10", data_dir=...) reads
+        url_infos = None  # no checksums to look up (tfds would need importlib_resources)
+
+        def _split_generators(self, dl_manager):
+            return {split: ((i, {"id": f"{split}{i}", "image": png(image), "label": label})
+                            for i, (image, label) in enumerate(_planted_images(split)))
+                    for split in ("train", "test")}
+
+    Planted(data_dir=str(data_dir), file_format="array_record").download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+
+
+@pytest.mark.parametrize("path", ["mock", "folder"])
+def test_image_labels_are_the_classes_the_pixels_were_planted_with(tmp_path, path):
+    """The image pipeline (tfds records -> [-1, 1] pixels resized to model.image_size -> label
+    ids) keeps each image with its own label, read through tfds' data source (mock) and from a
+    prepared local tfds folder (data.tfds_dir): every label equals the class its pixels encode
+    and all ten classes are there (a pipeline labelling every image 0, or shuffling labels
+    against images, fails)."""
+    from lmx import tasks  # noqa: PLC0415
+    c = config_lib.base_config()
+    c.model.family, c.model.size, c.model.image_size = "resnet", "resnet-tiny", 16
+    c.data.kind, c.data.train_file, c.data.validation_split = "images", "tfds:cifar10", "test"
+    if path == "folder":
+        _prepare_cifar10(tmp_path / "tfds")
+        c.data.tfds_dir = str(tmp_path / "tfds")
+        data = tasks.get(c).load(c, str(tmp_path / "run"))
+    else:
+        make = lambda split: [{"image": image, "label": label}  # noqa: E731
+                              for image, label in _planted_images(split)]
+        with tfds.testing.mock_data(num_examples=40, as_data_source_fn=_source_fn(make)):
+            data = tasks.get(c).load(c, str(tmp_path / "run"))
+    assert data.label_names == [str(i) for i in range(10)]
+    for split, examples in (("train", data.train), ("test", data.validation)):
+        assert examples.images.shape == (40, 16, 16, 3)
+        pixels_say = np.rint((examples.images.mean(axis=(1, 2, 3)) + 1) * 127.5 / 25)
+        np.testing.assert_array_equal(examples.labels, pixels_say, err_msg=split)
+        assert sorted(examples.labels) == sorted(lab for _, lab in _planted_images(split))
+
+
 def test_images_kind_needs_a_tfds_name(tmp_path):
     c = config_lib.base_config()
     c.model.family, c.data.kind, c.data.train_file = "resnet", "images", __file__
