@@ -13,6 +13,7 @@ A new method is one entry of METHODS (name -> config overrides) and one README r
 family one entry of HF_MODELS and one README column (the test fails until both sides agree).
 """
 import dataclasses
+import functools
 import pathlib
 import re
 
@@ -225,22 +226,34 @@ def _base_module(module):
                                                  quantization=spec.quantization))
 
 
+_BASE_LOGITS = {}  # (folder, model.quantize_base) -> the base model's logits
+
+
+@functools.cache
+def _mesh():
+    """One mesh for every cell (jit caches key on it)."""
+    return jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+
+
 def run_cell(family: str, folder: str, row: str) -> tuple[str, list[str]]:
     """("refused", [the error message]) or ("yes", [problems found])."""
     config = _config(family, folder, METHODS[row])
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
     try:
         config_lib.validate(config, 1)
-        with jax.disable_jit():  # init eagerly: the one compile of a cell is its train step
-            built = build.build(config, 3, mesh=mesh, rules=())
+        with jax.disable_jit():  # init eagerly: measured faster here than 3 compiles a cell
+            built = build.build(config, 3, mesh=_mesh(), rules=())
     except ValueError as e:
         return "refused", [str(e)]
     problems, batch = [], _batch(family)
     variables = merge(built.state.trainable, built.frozen, built.state.model_state)
     if config.peft.method in INIT_EQUALS_BASE:
         adapted, _ = forward(built.module, variables, batch, train=False)
-        base_variables = {k: v for k, v in variables.items() if k != "peft"}
-        base, _ = forward(_base_module(built.module), base_variables, batch, train=False)
+        key = (folder, config.model.quantize_base)  # the same base for every row
+        if key not in _BASE_LOGITS:
+            base_variables = {k: v for k, v in variables.items() if k != "peft"}
+            _BASE_LOGITS[key] = forward(_base_module(built.module), base_variables, batch,
+                                        train=False)[0]
+        base = _BASE_LOGITS[key]
         if not np.array_equal(np.asarray(adapted), np.asarray(base)):
             problems.append(f"at init the adapted model differs from the base by "
                             f"{np.abs(np.asarray(adapted) - np.asarray(base)).max():.3g}")
