@@ -312,6 +312,7 @@ def _value_errors(flat: dict) -> list[str]:
     if family is None:
         return errors
     errors += _unread_errors(flat, family) + checks.peft_errors(flat)
+    errors += checks.family_errors(flat, family)
     errors += checks.pack_errors(flat) + checks.host_input_errors(flat)
     errors += [f"config.{k}={flat[k]!r} must be > 0" for k in POSITIVE if not flat[k] > 0]
     errors += [f"config.{k}={flat[k]!r} must be >= 0" for k in NON_NEGATIVE if not flat[k] >= 0]

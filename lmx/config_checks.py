@@ -112,6 +112,18 @@ def _encoder_errors(flat: dict) -> list[str]:
     return errors
 
 
+def family_errors(flat: dict, family) -> list[str]:
+    """PEFT the model family cannot build (`lmx.models.families.Family.refuses`)."""
+    errors = []
+    if flat["peft.method"] in family.refuses:
+        errors.append(f"config.peft.method={flat['peft.method']!r} is not built for "
+                      f"model.family={family.name!r}: {family.refuses[flat['peft.method']]}")
+    if flat["model.quantize_base"] != "none" and "quantize_base" in family.refuses:
+        errors.append(f"config.model.quantize_base={flat['model.quantize_base']!r} is not built "
+                      f"for model.family={family.name!r}: {family.refuses['quantize_base']}")
+    return errors
+
+
 def quantize_errors(flat: dict) -> list[str]:
     """QLoRA settings that cannot build: a quantized kernel must stay frozen and unscanned."""
     kind, errors = flat["model.quantize_base"], []

@@ -239,6 +239,11 @@ def trainable_patterns(peft_config: ml_collections.ConfigDict, variables: Any = 
     if peft_config.trainable:
         return tuple(peft_config.trainable)
     patterns = DEFAULT_TRAINABLE[peft_config.method]
+    if peft_config.method == "bitfit" and variables is not None and not any(
+            re.fullmatch(patterns[0], path) for path in paths.flatten(variables)):
+        raise ValueError("config.peft.method='bitfit' trains bias parameters, but this model "
+                         "has no bias parameters (bias-free linear layers and RMSNorm, as in "
+                         "Llama-style decoders): choose another method")
     if variables is not None and "head" not in variables.get("params", {}):
         patterns = tuple(p for p in patterns if not p.startswith("params/head/"))
     return patterns

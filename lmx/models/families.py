@@ -34,6 +34,8 @@ class Family:
         the run's `model.task`).
       reads: config keys of `config.model` that only some families read; another family
         refuses them when set to a non-default value.
+      refuses: PEFT it cannot build, `config.peft.method` or "quantize_base" -> why
+        (`lmx.config.validate` names it; the README's PEFT compatibility matrix quotes it).
     """
     name: str
     module_class: type
@@ -45,6 +47,7 @@ class Family:
     hf_task: str | None
     reads: tuple[str, ...]
     overrides: Callable[[Any], dict]
+    refuses: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def config(self, model_config, vocab_size: int | None = None):
         """The architecture for `config.model` from the size table (no pretrained folder)."""
@@ -111,11 +114,18 @@ FAMILIES: dict[str, Family] = {
                           overrides=_transformer_overrides),
     "resnet": Family("resnet", resnet.ResNet, resnet.SIZES, resnet.size, _make_resnet,
                      "images", _forward_resnet, hf_task="image_classification",
-                     reads=("image_size",), overrides=lambda m: dict(dtype=m.dtype)),
+                     reads=("image_size",), overrides=lambda m: dict(dtype=m.dtype),
+                     refuses={"prompt": "a CNN has no token sequence to prepend a prompt to",
+                              "prefix": "a CNN has no attention layers to prefix",
+                              "ia3": "IA3 scales Dense layers only; a CNN's are convolutions",
+                              "quantize_base": "QLoRA quantizes Dense kernels only; a CNN's "
+                                               "are convolutions"}),
     "vit": Family("vit", vit.ViT, vit.SIZES, vit.size, _make_vit, "images", _forward_vit,
                   hf_task="image_classification",
                   reads=("image_size", "dropout_rate", "attention_dropout_rate"),
-                  overrides=_vit_overrides),
+                  overrides=_vit_overrides,
+                  refuses={"prompt": "ViT's inputs are image patches with learned positions "
+                                     "for a fixed patch count: no soft prompt"}),
 }
 
 
