@@ -53,9 +53,23 @@ METHODS = {
     "ia3": {"peft.method": "ia3"},
     "prompt": {"peft.method": "prompt"},
     "prefix": {"peft.method": "prefix"},
+    "PiSSA": {"peft.method": "lora", "peft.lora.init": "pissa"},
+    "OLoRA": {"peft.method": "lora", "peft.lora.init": "olora"},
+    "LoRA on the token table": {
+        "peft.method": "lora",
+        "peft.lora.targets": (r"params/embed/token/embedding",
+                              r"params/layer_\d+/attention/(query|value)/kernel")},
+    "LN tuning": {"peft.method": "ln_tuning"},
+    "P-tuning": {"peft.method": "p_tuning", "peft.encoder_hidden_size": 8},
+    "prefix projection": {"peft.method": "prefix", "peft.prefix_projection": True,
+                          "peft.encoder_hidden_size": 8},
 }
-# Methods whose adapted model equals the base model at init (B = 0, scales 1, up = 0).
-INIT_EQUALS_BASE = ("lora", "ia3", "houlsby", "pfeiffer")
+# Methods whose adapted model equals the base model at init (B = 0, scales 1, up = 0; LN
+# tuning changes nothing until it trains).
+INIT_EQUALS_BASE = ("lora", "ia3", "houlsby", "pfeiffer", "ln_tuning")
+# Rows whose frozen base is the residual W - s A B (PiSSA / OLoRA): at init the adapted model
+# equals the ORIGINAL base up to float rounding, not bit for bit.
+RESIDUAL_INIT = {"PiSSA": 1e-5, "OLoRA": 1e-5}
 
 # Columns: HF family (lmx.hf.FAMILIES) -> a tiny random transformers model of it.
 _TEXT = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -249,12 +263,17 @@ def run_cell(family: str, folder: str, row: str) -> tuple[str, list[str]]:
     if config.peft.method in INIT_EQUALS_BASE:
         adapted, _ = forward(built.module, variables, batch, train=False)
         key = (folder, config.model.quantize_base)  # the same base for every row
-        if key not in _BASE_LOGITS:
+        if key not in _BASE_LOGITS:  # (a residual row's params are not the base)
+            assert row not in RESIDUAL_INIT, f"{row}: a plain LoRA row must run before it"
             base_variables = {k: v for k, v in variables.items() if k != "peft"}
             _BASE_LOGITS[key] = forward(_base_module(built.module), base_variables, batch,
                                         train=False)[0]
         base = _BASE_LOGITS[key]
-        if not np.array_equal(np.asarray(adapted), np.asarray(base)):
+        if row in RESIDUAL_INIT:
+            error = float(np.abs(np.asarray(adapted) - np.asarray(base)).max())
+            if error > RESIDUAL_INIT[row]:
+                problems.append(f"at init the adapted model differs from the base by {error:.3g}")
+        elif not np.array_equal(np.asarray(adapted), np.asarray(base)):
             problems.append(f"at init the adapted model differs from the base by "
                             f"{np.abs(np.asarray(adapted) - np.asarray(base)).max():.3g}")
     frozen = jax.device_get(built.frozen)
