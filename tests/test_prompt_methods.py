@@ -7,11 +7,9 @@ import torch
 from flax import traverse_util
 from test_hf_adapters import TASK_TYPES, compare, round_trip
 from test_hf_models import HEADS, reference
-from test_training import _assert_unchanged, _steps
 
 import lmx.hf
 from lmx import config as config_lib, paths, peft as peft_lib
-from lmx.train import loop
 
 TOL = 1e-5
 P, HIDDEN = 3, 16  # virtual tokens, encoder_hidden_size
@@ -144,53 +142,6 @@ def test_prefix_projection_equals_peft_imports_and_exports(tmp_path):
                                   {"transform_0": "transform.0", "transform_1": "transform.2"})
     _check_encoder_method(hf_model, model, {"params": variables["params"]}, spec, encoder,
                           "prefix_encoder", family, task, tmp_path)
-
-
-# Loss drop (nats) on the planted corpus of tests/test_training.py (gpt2-tiny, 40 steps, lr 0.1,
-# dropout 0), below the untrained model's loss on the same 5 last batches. Measured on a
-# 2-core AMD EPYC: ln_tuning 0.305, p_tuning 0.027 (plain prompt tuning: 0.03), prefix with
-# projection 0.145; each margin is about half of that.
-LEARNING = {"ln_tuning": ({}, 0.15), "p_tuning": ({"encoder_hidden_size": 16}, 0.013),
-            "prefix": ({"prefix_projection": True, "encoder_hidden_size": 16}, 0.07)}
-
-
-@pytest.mark.parametrize("method", sorted(LEARNING))
-def test_method_learns_planted_corpus_with_frozen_leaves_bit_identical(tmp_path, method):
-    import functools
-
-    import flax.linen as nn
-    import jax
-    from test_tasks import _base
-
-    from lmx.train.step import trainable_grads
-    (tmp_path / "corpus.txt").write_text("to be or not to be, that is the question.\n" * 50)
-    c = _base(tmp_path, kind="text", tokenizer="char", train_file=str(tmp_path / "corpus.txt"),
-              max_length=16)
-    c.model.size, c.model.task, c.peft.method = "gpt2-tiny", "causal_lm", method
-    overrides, margin = LEARNING[method]
-    for key, value in overrides.items():
-        c.peft[key] = value
-    c.peft.num_prompt_tokens, c.train.learning_rate = 8, 1e-1
-    trainer = loop.Trainer(c, str(tmp_path / "run"))
-    trainable = paths.flatten(trainer.state.trainable)
-    if method == "ln_tuning":
-        assert trainable and all("norm/" in p for p in trainable), sorted(trainable)
-    else:
-        assert trainable and all(p.startswith("peft/") for p in trainable), sorted(trainable)
-    frozen_before = jax.tree.map(np.asarray, trainer.frozen)
-    initial = jax.tree.map(np.array, trainer.state.trainable)
-    losses = _steps(trainer, 40)
-    untrained = trainer.state.replace(trainable=jax.device_put(initial))
-    loss_of = jax.jit(functools.partial(trainable_grads, model=trainer.model.module))
-    stream = trainer.train_stream(35)
-    with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
-        before = [float(loss_of(untrained, trainer.frozen, trainer.device_batch(next(stream)),
-                                jax.random.key(0))[0]) for _ in range(5)]
-    drop = np.mean(before) - np.mean(losses[-5:])
-    print(f"{method}: loss drop {drop:.3f} nats ({np.mean(before):.3f} -> "
-          f"{np.mean(losses[-5:]):.3f})")
-    assert drop > margin, (method, drop)
-    _assert_unchanged(frozen_before, trainer.frozen)
 
 
 REFUSALS = [
