@@ -12,24 +12,12 @@ m, and Adam moves m by at most ~lr per step (<= +1.8 in 60 steps). PEFT computes
 import sys
 import tempfile
 
-import flax.linen as nn
-import jax
 import numpy as np
 from flax import traverse_util
 
 sys.path[:0] = ["."]
 from experiments import tiny_synthetic  # noqa: E402
 from lmx.train import loop  # noqa: E402
-
-
-def _steps(trainer, n):
-    stream, losses = trainer.train_stream(int(trainer.state.step)), []
-    with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
-        for _ in range(n):
-            trainer.state, metrics = trainer.train_step(trainer.state, trainer.frozen,
-                                                        trainer.device_batch(next(stream)))
-            losses.append(float(metrics["loss"]))
-    return losses
 
 
 def run(name, dora, trainable=()):
@@ -42,7 +30,7 @@ def run(name, dora, trainable=()):
     flat = lambda tree: {k: np.asarray(v) for k, v in  # noqa: E731
                          traverse_util.flatten_dict(tree, sep="/").items()}
     peft0, params = flat(t.state.trainable["peft"]), flat(t.frozen["params"])
-    losses = _steps(t, 60)
+    losses = t.steps(60)
     peft1, ratios, mags = flat(t.state.trainable["peft"]), [], []
     for k in peft1:
         if k.endswith("lora_a"):

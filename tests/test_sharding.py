@@ -56,22 +56,12 @@ def test_partition_specs_of_base_and_peft_leaves():
     assert all(all(a is None for a in s) for s in data_parallel.values())
 
 
-def _steps(trainer, n):
-    stream, losses = trainer.train_stream(0), []
-    with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
-        for _ in range(n):
-            trainer.state, m = trainer.train_step(trainer.state, trainer.frozen,
-                                                  trainer.device_batch(next(stream)))
-            losses.append(float(m["loss"]))
-    return losses
-
-
 @pytest.fixture(scope="module")
 def single_device_losses(tmp_path_factory):
     config = tiny_synthetic.get_config()
     config.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))
     trainer = loop.Trainer(config, str(tmp_path_factory.mktemp("one")), devices=jax.devices()[:1])
-    return _steps(trainer, 3)
+    return trainer.steps(3)
 
 
 # fsdp is covered the same way by test_training.py::test_sharded_2x4_mesh_matches_single_device.
@@ -80,7 +70,7 @@ def test_preset_on_2x4_mesh_equals_one_device(tmp_path, preset, single_device_lo
     config = tiny_synthetic.get_config()
     config.sharding, config.mesh = preset, MESHES[preset]
     trainer = loop.Trainer(config, str(tmp_path))
-    np.testing.assert_allclose(_steps(trainer, 3), single_device_losses, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trainer.steps(3), single_device_losses, rtol=1e-5, atol=1e-6)
     leaves = jax.tree_util.tree_leaves_with_path(
         (trainer.frozen, trainer.state.trainable, trainer.state.opt_state))
     big = [(jax.tree_util.keystr(p), x) for p, x in leaves if x.size >= 1024]  # bert-tiny

@@ -22,14 +22,7 @@ def _config(method="lora", **train):
 
 
 def _steps(trainer, n):
-    stream = trainer.train_stream(int(trainer.state.step))
-    losses = []
-    with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):
-        for _ in range(n):
-            trainer.state, metrics = trainer.train_step(trainer.state, trainer.frozen,
-                                                        trainer.device_batch(next(stream)))
-            losses.append(float(metrics["loss"]))
-    return losses
+    return trainer.steps(n)
 
 
 def test_lora_run_learns_and_frozen_leaves_stay_bit_identical(tmp_path):

@@ -120,6 +120,17 @@ class Trainer:
                                           self.config.train.batch_size)
         return self.device_batch(batch)
 
+    def steps(self, n: int) -> list[float]:
+        """`n` train steps from the current state, nothing else (no eval, checkpoint or log):
+        their losses. For tests, notebooks and benchmarks that drive training by hand."""
+        stream, losses = self.train_stream(int(self.state.step)), []
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            for _ in range(n):
+                self.state, metrics = self.train_step(self.state, self.frozen,
+                                                      self.train_batch(next(stream)))
+                losses.append(float(metrics["loss"]))
+        return losses
+
     def inference_variables(self) -> dict:
         """The trained model's variables (params + peft + model state), for generation/export."""
         return merge(self.state.trainable, self.frozen, self.state.model_state)
