@@ -78,7 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
         adapter_size=peft.ADAPTER_SIZE,
         num_prompt_tokens=20,  # soft prompt tokens, or prefix tokens for method "prefix"
         # method "p_tuning": the encoder of its virtual tokens ("mlp": PEFT's MLP,
-        # Linear-ReLU-Linear-ReLU-Linear; PEFT's LSTM is not built)
+        # Linear-ReLU-Linear-ReLU-Linear; "lstm": PEFT's LSTM, a 2-layer bidirectional LSTM of
+        # encoder_hidden_size units per direction -> Linear-ReLU-Linear)
         prompt_encoder="mlp",
         # method "prefix": compute every layer's prefix with PEFT's reparameterisation MLP
         # (embedding -> Linear -> tanh -> Linear to 2 x layers x kv width)
@@ -228,7 +229,7 @@ CHOICES = {
                    "chat_sft", "cloze"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.kv_cache_dtype": ("float32", "bfloat16"),
-    "peft.prompt_encoder": ("mlp",),
+    "peft.prompt_encoder": ("mlp", "lstm"),
     "model.quantize_base": ("none", "int8", "nf4"),
     "data.kind": ("csv_classification", "phrasebank", "clinc150", "conll", "text", "movielens",
                   "images", "digits", "synthetic", "chat"),

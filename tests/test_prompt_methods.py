@@ -1,5 +1,8 @@
 """LN tuning, P-tuning and prefix tuning with projection against HF PEFT 0.21 (import and
-export within 1e-5 on BERT and Llama), their learning on planted data, and their refusals."""
+export within 1e-5 on BERT and Llama; P-tuning's LSTM encoder on BERT), their learning on
+planted data, and their refusals."""
+import json
+
 import numpy as np
 import peft
 import pytest
@@ -10,6 +13,7 @@ from test_hf_models import HEADS, reference
 
 import lmx.hf
 from lmx import config as config_lib, paths, peft as peft_lib
+from lmx.models import prompt_encoders
 
 TOL = 1e-5
 P, HIDDEN = 3, 16  # virtual tokens, encoder_hidden_size
@@ -100,29 +104,57 @@ def _batch(family):
     return batch(family)
 
 
-P_TUNING_CASES = [("bert", "sequence_classification"), ("llama", "causal_lm")]
+def _lstm_encoder_from_torch(encoder: torch.nn.Module) -> dict:
+    """lmx `peft` leaves of PEFT's LSTM prompt encoder: per layer and direction the input
+    and recurrent kernels (transposed) and bias_ih + bias_hh; the head's two Linears."""
+    state = {k: v.detach().numpy() for k, v in encoder.state_dict().items()}
+    out = _encoder_from_torch(encoder, {"head_0": "mlp_head.0", "head_1": "mlp_head.2"})
+    for layer in range(encoder.lstm_head.num_layers):
+        for direction, suffix in (("forward", ""), ("reverse", "_reverse")):
+            name, torch_name = f"lstm_{layer}_{direction}", f"l{layer}{suffix}"
+            out[f"{name}_kernel"] = state[f"lstm_head.weight_ih_{torch_name}"].T
+            out[f"{name}_recurrent"] = state[f"lstm_head.weight_hh_{torch_name}"].T
+            out[f"{name}_bias"] = (state[f"lstm_head.bias_ih_{torch_name}"]
+                                   + state[f"lstm_head.bias_hh_{torch_name}"])
+    return out
 
 
-@pytest.mark.parametrize("family,task", P_TUNING_CASES)
-def test_p_tuning_equals_peft_encoder_imports_and_exports(family, task, tmp_path):
+P_TUNING_CASES = [("bert", "sequence_classification", "mlp"), ("llama", "causal_lm", "mlp"),
+                  ("bert", "sequence_classification", "lstm")]
+
+
+@pytest.mark.parametrize("family,task,kind", P_TUNING_CASES)
+def test_p_tuning_equals_peft_encoder_imports_and_exports(family, task, kind, tmp_path):
     config = peft.PromptEncoderConfig(task_type=TASK_TYPES[task], num_virtual_tokens=P,
-                                      encoder_hidden_size=HIDDEN)
+                                      encoder_hidden_size=HIDDEN,
+                                      encoder_reparameterization_type=kind.upper())
     hf_model = _peft_model(config, family, task, tmp_path, perturb=("modules_to_save",))
     # PEFT saves the encoder's output: lmx loads it as a soft prompt (PEFT reloads it so too)
     model, variables = lmx.hf.from_pretrained(tmp_path / "base", adapter=tmp_path / "adapter")
     assert model.peft.num_prompt_tokens == P and not model.peft.prompt_encoder
     error = compare("prompt", family, task, hf_model, model, variables)
-    print(f"p_tuning {family}: PEFT folder -> lmx {error:.2e}")
+    print(f"p_tuning {kind} {family}: PEFT folder -> lmx {error:.2e}")
     assert error <= TOL
 
-    spec = peft_lib.PeftSpec(num_prompt_tokens=P, prompt_encoder="mlp",
+    spec = peft_lib.PeftSpec(num_prompt_tokens=P, prompt_encoder=kind,
                              encoder_hidden_size=HIDDEN, prompt_in_pooling=True)
-    encoder = _encoder_from_torch(hf_model.prompt_encoder["default"],
-                                  {"mlp_0": "mlp_head.0", "mlp_1": "mlp_head.2",
-                                   "mlp_2": "mlp_head.4"})
+    torch_encoder = hf_model.prompt_encoder["default"]
+    encoder = (_lstm_encoder_from_torch(torch_encoder) if kind == "lstm" else
+               _encoder_from_torch(torch_encoder, {"mlp_0": "mlp_head.0", "mlp_1": "mlp_head.2",
+                                                   "mlp_2": "mlp_head.4"}))
+    # lmx's soft prompt from these weights is PEFT's encoder output
+    prompt_PD = prompt_encoders.soft_prompt(
+        prompt_encoders.encoder_weights({f"e/{k}": v for k, v in encoder.items()}, "e"))
+    with torch.no_grad():
+        expected_PD = torch_encoder(torch.arange(P)[None])[0].numpy()
+    error = np.abs(np.asarray(prompt_PD) - expected_PD).max()
+    print(f"p_tuning {kind} {family}: soft prompt vs PEFT's prompt_encoder {error:.2e}")
+    assert error <= TOL
     base = {"params": variables["params"]}
     _check_encoder_method(hf_model, model, base, spec, encoder, "embed/prompt_encoder", family,
                           task, tmp_path)
+    saved = json.loads((tmp_path / "again" / "adapter_config.json").read_text())
+    assert saved["encoder_reparameterization_type"] == kind.upper()
 
 
 def test_prefix_projection_equals_peft_imports_and_exports(tmp_path):
@@ -147,7 +179,7 @@ def test_prefix_projection_equals_peft_imports_and_exports(tmp_path):
 REFUSALS = [
     (dict(method="lora", prefix_projection=True), "config.peft.prefix_projection=True applies"),
     (dict(method="prompt", encoder_hidden_size=8), "config.peft.encoder_hidden_size=8 is read"),
-    (dict(method="p_tuning", prompt_encoder="lstm"), "config.peft.prompt_encoder='lstm'"),
+    (dict(method="p_tuning", prompt_encoder="gru"), "config.peft.prompt_encoder='gru'"),
     (dict(method="prefix", prefix_projection=True, scan_layers=True),
      "config.peft.prefix_projection=True needs config.model.scan_layers=False"),
 ]

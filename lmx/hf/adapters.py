@@ -331,7 +331,7 @@ def _lmx_to_peft(module, family, peft_vars: dict, kind: str) -> tuple[dict, dict
         if kind == "P_TUNING":  # PEFT saves (and reloads) the encoder's output
             prompt_PD = prompt_encoders.soft_prompt(
                 prompt_encoders.encoder_weights(flat, "peft/embed/prompt_encoder"))
-            config |= dict(encoder_reparameterization_type="MLP",
+            config |= dict(encoder_reparameterization_type=spec.prompt_encoder.upper(),
                            encoder_hidden_size=spec.encoder_hidden_size or cfg.embed_dim,
                            encoder_num_layers=2, encoder_dropout=0.0)
             config.pop("prompt_tuning_init")
