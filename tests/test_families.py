@@ -5,7 +5,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from test_sharding import _steps  # the loop's steps without eval or checkpoints
 
 import lmx.hf
 from experiments import tiny_synthetic, vit_digits
@@ -56,7 +55,7 @@ def test_scan_layers_from_config_equals_unrolled(tmp_path, remat):
     assert jax.tree.structure(stacked) == jax.tree.structure(scanned.state.trainable)
     scanned.state = scanned.state.replace(trainable=jax.device_put(stacked))
     scanned.frozen = transformer.stack_layers(jax.device_get(unrolled.frozen), 2)
-    np.testing.assert_allclose(_steps(scanned, 3), _steps(unrolled, 3), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scanned.steps(3), unrolled.steps(3), rtol=1e-5, atol=1e-6)
 
 
 def test_scan_layers_refuses_targets_that_differ_between_layers(tmp_path):
